@@ -1,0 +1,47 @@
+//! `ignis`: the command line. Each subcommand lives in its own file under
+//! `cmd/`; this file only parses arguments and dispatches.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ignis", version, about = "Run untrusted code in throw-away microVMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a program in a fresh microVM and print what it printed.
+    Run(cmd::run::Args),
+    /// Build or list the guest images.
+    #[command(subcommand)]
+    Images(cmd::images::Command),
+    /// Measure boot, run and end-to-end latency against native runs.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IGNIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cmd::run::main(args),
+        Command::Images(c) => cmd::images::main(c),
+        Command::Bench(args) => cmd::bench::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ignis: {e:#}");
+            std::process::ExitCode::from(cmd::EXIT_INTERNAL)
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The language spoken between the Ignis host and the agent inside a microVM.
+//!
+//! Every message travels as one *frame*: a 4-byte big-endian length followed
+//! by that many bytes of JSON. Frames are capped per direction so that neither
+//! side can be made to allocate without bound, and every message carries the
+//! protocol version so that a host never misreads an agent from another build.
+//!
+//! The host treats everything the guest sends as hostile: lengths are checked
+//! before anything is allocated, unknown fields are rejected and the contents
+//! are validated again on the host side (see `ignis-vmm`).
+
+mod bytes;
+mod frame;
+mod message;
+mod names;
+
+pub use frame::{check_len, 
+    decode, encode, read_frame, write_frame, FrameError, GUEST_FRAME_MAX, HOST_FRAME_MAX,
+    LEN_PREFIX,
+};
+pub use message::{
+    Envelope, File, GuestMessage, HostMessage, Limits, Phase, Ready, RunOutcome, RunRequest,
+    Stream, Verdict,
+};
+pub use names::{validate_file_name, validate_files, FileNameError};
+
+/// Bumped whenever a message changes shape; both sides refuse other versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The virtio-serial port name (QEMU) the agent looks for.
+pub const SERIAL_PORT_NAME: &str = "ignis.0";
+
+/// The vsock port the agent connects to on the host (CID 2) under Firecracker.
+pub const VSOCK_PORT: u32 = 1024;
+
+/// Largest chunk of program output the agent puts into one `Output` message.
+pub const OUTPUT_CHUNK_MAX: usize = 32 * 1024;
+pub use recipe::{CompileStep, Recipe};
+mod recipe;
+
+/// Where the image carries its recipe for the agent.
+pub const RECIPE_PATH: &str = "/etc/ignis/recipe.json";

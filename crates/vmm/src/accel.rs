@@ -1,0 +1,149 @@
+//! Picking the accelerator. `/dev/kvm` existing proves nothing: on a nested
+//! PVM host it opens fine and then no normal guest reaches user space. So KVM
+//! is chosen only after a real guest booted on it to the agent's Ready; the
+//! verdict is cached per host boot and kernel, since a probe that fails costs
+//! its whole timeout.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::{KernelImage, LanguageImage};
+use crate::paths::Paths;
+use crate::qemu::Accel;
+use crate::vm::{Vm, VmConfig};
+
+/// How long a KVM guest may take to reach Ready before KVM is judged unusable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ProbeRecord {
+    boot_id: String,
+    kernel_key: String,
+    choice: AccelChoice,
+}
+
+/// Chooses KVM or TCG. `IGNIS_ACCEL=kvm|tcg` forces the answer.
+pub async fn choose(paths: &Paths, kernel: &KernelImage, probe_image: Option<&LanguageImage>) -> AccelChoice {
+    let choice = match std::env::var("IGNIS_ACCEL").as_deref() {
+        Ok("tcg") => AccelChoice {
+            accel: Accel::Tcg,
+            reason: "forced by IGNIS_ACCEL".into(),
+        },
+        Ok("kvm") => AccelChoice {
+            accel: Accel::Kvm,
+            reason: "forced by IGNIS_ACCEL".into(),
+        },
+        _ => probe(paths, kernel, probe_image).await,
+    };
+    tracing::info!(accel = %choice.accel, reason = %choice.reason, "accelerator chosen");
+    choice
+}
+
+fn tcg(reason: impl Into<String>) -> AccelChoice {
+    AccelChoice {
+        accel: Accel::Tcg,
+        reason: reason.into(),
+    }
+}
+
+/// Opens /dev/kvm and asks for its API version: the cheap half of the probe.
+pub fn kvm_device_answers() -> Result<(), String> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and returns an int.
+    let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if v == 12 {
+        Ok(())
+    } else {
+        Err(format!("/dev/kvm answered API version {v}, expected 12"))
+    }
+}
+
+async fn probe(paths: &Paths, kernel: &KernelImage, image: Option<&LanguageImage>) -> AccelChoice {
+    if let Err(why) = kvm_device_answers() {
+        return tcg(format!("KVM unusable: {why}"));
+    }
+    let Some(image) = image else {
+        return tcg("KVM not probed: no language image to boot");
+    };
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let record_path = paths.cache().join("accel-probe.json");
+    let _ = std::fs::create_dir_all(paths.cache());
+    // Concurrent first runs (parallel tests, a server and a CLI) probe once.
+    let _lock = FileLock::acquire(&paths.cache().join("accel-probe.lock"));
+    if let Some(r) = std::fs::read(&record_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ProbeRecord>(&b).ok())
+    {
+        if r.boot_id == boot_id && r.kernel_key == kernel.key {
+            return r.choice;
+        }
+    }
+    tracing::info!("probing KVM by booting a {} guest (up to {} s)", image.name(), PROBE_TIMEOUT.as_secs());
+    let mut cfg = VmConfig::new(kernel.clone(), image.clone(), Accel::Kvm, paths);
+    cfg.boot_timeout = PROBE_TIMEOUT;
+    let choice = match Vm::boot(&cfg).await {
+        Ok(vm) => {
+            let ms = vm.info().boot_ms;
+            vm.destroy().await;
+            AccelChoice {
+                accel: Accel::Kvm,
+                reason: format!("a KVM guest reached the agent in {ms} ms"),
+            }
+        }
+        Err(e) => tcg(format!("KVM present but a guest did not reach user space: {e}")),
+    };
+    let record = ProbeRecord {
+        boot_id,
+        kernel_key: kernel.key.clone(),
+        choice: choice.clone(),
+    };
+    if let Ok(bytes) = serde_json::to_vec_pretty(&record) {
+        let _ = std::fs::write(&record_path, bytes);
+    }
+    choice
+}
+
+/// An exclusive flock held for its lifetime (best effort: no lock, no wait).
+struct FileLock(Option<std::fs::File>);
+
+impl FileLock {
+    fn acquire(path: &Path) -> FileLock {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ok();
+        if let Some(f) = &f {
+            // SAFETY: flock on a descriptor we own; blocks until granted.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        }
+        FileLock(f)
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            // SAFETY: unlocking a descriptor we own.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Where Ignis keeps things on the host. Everything hangs off `IGNIS_HOME`
+//! (default `/var/lib/ignis`), so a test or a second installation can move
+//! the whole tree with one variable.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub home: PathBuf,
+}
+
+impl Paths {
+    pub fn from_env() -> Paths {
+        let home = std::env::var_os("IGNIS_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/ignis"));
+        Paths { home }
+    }
+
+    pub fn new(home: impl Into<PathBuf>) -> Paths {
+        Paths { home: home.into() }
+    }
+
+    /// Kernel and language images, discovered at start-up.
+    pub fn images(&self) -> PathBuf {
+        std::env::var_os("IGNIS_IMAGE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.home.join("images"))
+    }
+
+    /// Build caches (kernel trees, debootstrap trees, the accelerator probe).
+    pub fn cache(&self) -> PathBuf {
+        self.home.join("cache")
+    }
+
+    /// Console logs of VMs that failed, kept for a post-mortem.
+    pub fn logs(&self) -> PathBuf {
+        self.home.join("logs")
+    }
+
+    /// Per-VM directories (sockets). Short, because Unix socket paths are
+    /// limited to 107 bytes.
+    pub fn runtime(&self) -> PathBuf {
+        if let Some(dir) = std::env::var_os("IGNIS_RUN_DIR") {
+            return PathBuf::from(dir);
+        }
+        let run = Path::new("/run");
+        if is_writable_dir(run) {
+            run.join("ignis")
+        } else {
+            std::env::temp_dir().join("ignis-run")
+        }
+    }
+}
+
+fn is_writable_dir(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access() with a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}

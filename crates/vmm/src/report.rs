@@ -1,0 +1,121 @@
+//! The user-facing account of one run, as `ignis run --json` prints it and the
+//! API stores it. One type, so the CLI and the service never disagree.
+
+use std::time::Duration;
+
+use ignis_protocol::{RunRequest, Verdict};
+use serde::{Deserialize, Serialize};
+
+use crate::qemu::Accel;
+use crate::vm::{Execution, RunEvent, Vm, VmInfo};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub status: Verdict,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Output as UTF-8; bytes that are not UTF-8 are replaced (U+FFFD).
+    pub stdout: String,
+    pub stderr: String,
+    pub compile_output: Option<String>,
+    pub compile_ms: Option<u64>,
+    pub duration_ms: u64,
+    pub cpu_ms: u64,
+    pub memory_kib: u64,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Why, for `internal_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub vm: Option<VmReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReport {
+    pub id: String,
+    pub driver: String,
+    pub accel: Accel,
+    /// From starting the monitor to the agent's Ready.
+    pub ready_ms: u64,
+    pub runtime_version: String,
+}
+
+impl From<&VmInfo> for VmReport {
+    fn from(i: &VmInfo) -> Self {
+        VmReport {
+            id: i.id.clone(),
+            driver: i.driver.to_string(),
+            accel: i.accel,
+            ready_ms: i.boot_ms,
+            runtime_version: i.runtime_version.clone(),
+        }
+    }
+}
+
+impl RunReport {
+    pub fn from_execution(e: Execution, vm: &VmInfo) -> RunReport {
+        let o = e.outcome;
+        RunReport {
+            status: o.status,
+            exit_code: o.exit_code,
+            signal: o.signal,
+            stdout: String::from_utf8_lossy(&e.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&e.stderr).into_owned(),
+            compile_output: o.compile_output,
+            compile_ms: o.compile_ms,
+            duration_ms: o.duration_ms,
+            cpu_ms: o.cpu_ms,
+            memory_kib: o.memory_kib,
+            stdout_truncated: o.stdout_truncated,
+            stderr_truncated: o.stderr_truncated,
+            message: o.message,
+            vm: Some(vm.into()),
+        }
+    }
+
+    /// A run that Ignis could not carry out, said honestly.
+    pub fn internal_error(message: impl Into<String>, vm: Option<&VmInfo>) -> RunReport {
+        RunReport {
+            status: Verdict::InternalError,
+            exit_code: None,
+            signal: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            compile_output: None,
+            compile_ms: None,
+            duration_ms: 0,
+            cpu_ms: 0,
+            memory_kib: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            message: Some(message.into()),
+            vm: vm.map(Into::into),
+        }
+    }
+}
+
+/// Extra time the host grants beyond the program's own limits before it
+/// declares the agent hung: transfer of output, cgroup teardown, slow TCG.
+pub const HOST_GRACE: Duration = Duration::from_secs(30);
+
+/// How long the host waits for a whole run of `req`.
+pub fn host_deadline(req: &RunRequest) -> Duration {
+    Duration::from_millis(req.limits.timeout_ms.saturating_add(req.limits.compile_timeout_ms)) + HOST_GRACE
+}
+
+/// Runs `req` on `vm` and destroys the VM, whatever happened: a VM is never
+/// reused. Failures become an `internal_error` report that says where the
+/// console log was kept.
+pub async fn execute(mut vm: Vm, req: RunRequest, on_event: impl FnMut(RunEvent)) -> RunReport {
+    let deadline = host_deadline(&req);
+    let info = vm.info().clone();
+    let result = vm.run(req, deadline, on_event).await;
+    let log = vm.destroy().await;
+    match result {
+        Ok(exec) => RunReport::from_execution(exec, &info),
+        Err(e) => {
+            let where_log = log.map(|p| format!(" (console log in {})", p.display())).unwrap_or_default();
+            RunReport::internal_error(format!("{e}{where_log}"), Some(&info))
+        }
+    }
+}
