@@ -21,6 +21,11 @@ enum Command {
     Images(cmd::images::Command),
     /// Measure boot, run and end-to-end latency against native runs.
     Bench(cmd::bench::Args),
+    /// Run the service: HTTP API, job store, queue, warm VM pools, workers.
+    Serve(cmd::serve::Args),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(cmd::keys::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +41,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => cmd::run::main(args),
         Command::Images(c) => cmd::images::main(c),
         Command::Bench(args) => cmd::bench::main(args),
+        Command::Serve(args) => cmd::serve::main(args),
+        Command::Keys(c) => cmd::keys::main(c),
     };
     match result {
         Ok(code) => code,

@@ -49,6 +49,7 @@ pub struct File {
 /// Limits the agent enforces on the program (and, where noted, the compiler).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Limits {
     /// Wall-clock limit of the run, in milliseconds.
     pub timeout_ms: u64,
@@ -114,6 +115,7 @@ pub enum Phase {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Stream {
     Stdout,
     Stderr,
@@ -122,6 +124,7 @@ pub enum Stream {
 /// How a run ended, in the vocabulary users see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Verdict {
     Ok,
     RuntimeError,

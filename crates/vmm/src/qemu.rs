@@ -9,6 +9,7 @@ use serde::Serialize;
 /// How the guest's CPU is provided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Accel {
     /// Hardware virtualization through /dev/kvm.
     Kvm,

@@ -10,6 +10,7 @@ use crate::qemu::Accel;
 use crate::vm::{Execution, RunEvent, Vm, VmInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunReport {
     pub status: Verdict,
     pub exit_code: Option<i32>,
@@ -31,6 +32,7 @@ pub struct RunReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmReport {
     pub id: String,
     pub driver: String,

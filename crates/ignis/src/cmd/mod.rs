@@ -1,6 +1,9 @@
 pub mod bench;
 pub mod images;
+pub mod keys;
+pub mod remote;
 pub mod run;
+pub mod serve;
 
 /// Exit code when Ignis itself failed (BSD's EX_SOFTWARE).
 pub const EXIT_INTERNAL: u8 = 70;

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::Manifest;
 
 /// Bumped when the way trees are made changes, to invalidate caches.
-const BUILDER_VERSION: &str = "1";
+const BUILDER_VERSION: &str = "2";
 const SUITE: &str = "bookworm";
 
 #[derive(Debug, Clone)]
@@ -100,7 +100,8 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<Built, BuildError> 
         .cache_dir
         .join("trees")
         .join(format!("{}-{tree_key}", recipe.name));
-    if !tree.join(".ignis-complete").exists() {
+    // The marker sits beside the tree, not in it, so it never reaches the image.
+    if !tree.with_extension("complete").exists() {
         make_tree(recipe, &tree, opts)?;
     }
     std::fs::create_dir_all(tree.join("etc/ignis"))?;
@@ -194,11 +195,11 @@ fn make_tree(recipe: &Recipe, tree: &Path, opts: &BuildOptions) -> Result<(), Bu
             std::fs::create_dir_all(&p)?;
         }
     }
-    std::fs::write(tmp.join(".ignis-complete"), b"")?;
     if tree.exists() {
         std::fs::remove_dir_all(tree)?;
     }
     std::fs::rename(&tmp, tree)?;
+    std::fs::write(tree.with_extension("complete"), b"")?;
     Ok(())
 }
 

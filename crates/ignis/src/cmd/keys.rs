@@ -1,0 +1,40 @@
+//! `ignis keys create`: prints a new API key, alone on stdout, once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ignis_server::store::sqlite::SqliteStore;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Create a key. Only its hash is stored; copy it now.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, env = "IGNIS_DATA_DIR", default_value = "/var/lib/ignis/data")]
+        data_dir: PathBuf,
+        /// Requests per second allowed (429 beyond).
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        /// Queued jobs allowed at once (429 beyond).
+        #[arg(long)]
+        max_queued: Option<u32>,
+    },
+}
+
+pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
+    let Command::Create {
+        name,
+        data_dir,
+        rate_limit,
+        max_queued,
+    } = cmd;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let store = SqliteStore::open(&data_dir.join("ignis.db")).context("opening the job database")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (key, secret) = rt.block_on(ignis_server::keys::create(&store, &name, rate_limit, max_queued))?;
+    eprintln!("ignis: created key {:?} (id {})", key.name, key.id);
+    println!("{secret}");
+    Ok(ExitCode::SUCCESS)
+}

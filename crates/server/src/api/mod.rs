@@ -1,0 +1,51 @@
+//! The HTTP API. `app(state)` builds the router; handlers parse and
+//! validate (see `parsed`), then act through the shared services.
+
+pub mod auth;
+pub mod jobs;
+pub mod misc;
+pub mod openapi;
+pub mod parsed;
+pub mod problem;
+pub mod sse;
+pub mod view;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+
+use crate::state::Services;
+
+/// Largest request body accepted (files and stdin travel in it).
+pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub svc: Arc<Services>,
+    pub limiter: Arc<auth::RateLimiter>,
+}
+
+impl AppState {
+    pub fn new(svc: Arc<Services>) -> AppState {
+        AppState {
+            svc,
+            limiter: Arc::default(),
+        }
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/jobs", get(jobs::list).post(jobs::create))
+        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(sse::events))
+        .route("/v1/languages", get(misc::languages))
+        .route("/healthz", get(misc::healthz))
+        .route("/metrics", get(misc::metrics))
+        .route("/openapi.json", get(misc::openapi))
+        .fallback(|| async { problem::Problem::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}

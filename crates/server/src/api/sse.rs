@@ -1,0 +1,83 @@
+//! `GET /v1/jobs/{id}/events`: Server-Sent Events of one job — status
+//! changes, output chunks in the order the program wrote them, and a final
+//! `result` event carrying the whole job, after which the stream ends.
+
+use std::convert::Infallible;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::auth::Caller;
+use super::jobs::parse_id;
+use super::problem::Problem;
+use super::AppState;
+use crate::events::JobEvent;
+use crate::job::Job;
+
+fn to_sse(ev: &JobEvent) -> Event {
+    let data = match ev {
+        JobEvent::Status { status } => serde_json::json!({ "status": status }),
+        JobEvent::Output { data, .. } => serde_json::json!({ "data": data }),
+        JobEvent::Result { job } => job.clone(),
+    };
+    Event::default().event(ev.name()).data(data.to_string())
+}
+
+fn finished(job: &Job) -> Vec<JobEvent> {
+    vec![
+        JobEvent::Status { status: job.status },
+        JobEvent::Result {
+            job: super::view::job_json(job),
+        },
+    ]
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", params(("id" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream",
+               description = "events `status`, `stdout`, `stderr` and a final `result`"),
+              (status = 404, body = Problem)),
+    security(("api_key" = [])))]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = parse_id(&id)?;
+    let svc = &state.svc;
+    let job = svc
+        .store
+        .get(&caller.owner, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    let events: BoxStream<'static, JobEvent> = match svc.hub.subscribe(id) {
+        Some((history, rx)) => {
+            // A lagging client gets what it missed reported as an end, not a gap.
+            let live = BroadcastStream::new(rx)
+                .take_while(|r| futures::future::ready(r.is_ok()))
+                .filter_map(|r| futures::future::ready(r.ok()));
+            stream::iter(history).chain(live).boxed()
+        }
+        None => {
+            // Not live here: it finished (perhaps a moment ago), so the store
+            // has the final word.
+            let job = svc.store.get(&caller.owner, id).await?.unwrap_or(job);
+            stream::iter(finished(&job)).boxed()
+        }
+    };
+    let shutdown = svc.shutdown.clone();
+    let stream = events
+        .scan(false, |done, ev| {
+            let out = (!*done).then(|| {
+                *done = matches!(ev, JobEvent::Result { .. });
+                Ok(to_sse(&ev))
+            });
+            futures::future::ready(out)
+        })
+        .take_until(async move { shutdown.cancelled().await })
+        .boxed::<'static>();
+    let stream: BoxStream<'static, Result<Event, Infallible>> = stream;
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}

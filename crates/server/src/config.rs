@@ -1,0 +1,89 @@
+//! What an operator can tune. Every maximum is enforced at submission: a
+//! request above it is refused with a 422, never silently clamped.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ignis_protocol::Limits;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// No API keys; only allowed on a loopback listener.
+    pub dev: bool,
+    pub defaults: Limits,
+    pub maxima: Maxima,
+    pub pool: PoolConfig,
+    /// Longest `?wait=true` hold before answering 202 anyway.
+    pub wait_max: Duration,
+    /// Webhooks to loopback/private/link-local addresses are refused unless set.
+    pub allow_private_webhooks: bool,
+    /// Starts of a job (first run plus retries after a dead VM or a restart).
+    pub max_attempts: u32,
+    /// How long shutdown lets running jobs finish before requeueing them.
+    pub shutdown_grace: Duration,
+    /// Jobs run at once (each holds one VM).
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Maxima {
+    pub timeout_ms: u64,
+    pub memory_mib: u64,
+    pub max_output_kib: u64,
+    pub max_processes: u32,
+    /// All files of a job together.
+    pub code_bytes: usize,
+    pub stdin_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Ready VMs kept per language.
+    pub warm: usize,
+    /// Host-wide budget: VMs alive at once (ready, booting and running).
+    pub max_vms: usize,
+    /// Host-wide budget: guest memory of those VMs, in MiB.
+    pub max_memory_mib: u64,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf) -> ServerConfig {
+        let host_mib = host_memory_mib().unwrap_or(4096);
+        ServerConfig {
+            data_dir,
+            dev: false,
+            defaults: Limits::default(),
+            maxima: Maxima {
+                timeout_ms: 60_000,
+                memory_mib: 1024,
+                max_output_kib: 8 * 1024,
+                max_processes: 256,
+                code_bytes: 1024 * 1024,
+                stdin_bytes: 4 * 1024 * 1024,
+            },
+            pool: PoolConfig {
+                warm: 1,
+                max_vms: 8,
+                max_memory_mib: host_mib / 2,
+            },
+            wait_max: Duration::from_secs(60),
+            allow_private_webhooks: false,
+            max_attempts: 2,
+            shutdown_grace: Duration::from_secs(30),
+            workers: 8,
+        }
+    }
+}
+
+fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
