@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod embedded;
 pub mod events;
 pub mod job;
 pub mod keys;

@@ -186,19 +186,20 @@ impl Pools {
                     let booted = tokio::select! {
                         r = inner.launcher.boot(language) => r,
                         () = inner.shutdown.cancelled() => {
-                            inner.boot_done(language, None);
+                            inner.boot_done(language);
+                            inner.release(mib);
                             break Err(AcquireError::ShuttingDown);
                         }
                     };
                     match booted {
                         Ok(vm) => {
                             inner.observe_boot(language, &vm);
-                            inner.boot_done(language, Some(()));
+                            inner.boot_done(language);
                             break Ok((vm, false));
                         }
                         Err(e) => {
                             inner.metrics.vm_failure(language, "boot");
-                            inner.boot_done(language, None);
+                            inner.boot_done(language);
                             inner.release(mib);
                             break Err(e.into());
                         }
@@ -226,17 +227,26 @@ impl Pools {
         })
     }
 
-    /// Stops refilling and destroys every pooled VM. Leased VMs die with
-    /// their jobs; VMs still booting are destroyed when they come up.
+    /// Stops refilling and destroys every pooled VM, and returns once no VM
+    /// of the pools is left booting. Leased VMs die with their jobs.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.cancel();
-        self.inner.changed.notify_waiters();
-        let vms: Vec<Vm> = {
-            let mut s = self.inner.lock();
-            s.ready.values_mut().flat_map(std::mem::take).collect()
-        };
-        for vm in vms {
-            self.inner.discard(vm).await;
+        let inner = &self.inner;
+        inner.shutdown.cancel();
+        inner.changed.notify_waiters();
+        loop {
+            let notified = inner.changed.notified();
+            let (vms, booting): (Vec<Vm>, usize) = {
+                let mut s = inner.lock();
+                let vms = s.ready.values_mut().flat_map(std::mem::take).collect();
+                (vms, s.booting.values().sum())
+            };
+            for vm in vms {
+                inner.discard(vm).await;
+            }
+            if booting == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -277,11 +287,12 @@ impl Inner {
         self.changed.notify_waiters();
     }
 
-    fn boot_done(&self, language: &str, _ok: Option<()>) {
+    fn boot_done(&self, language: &str) {
         if let Some(n) = self.lock().booting.get_mut(language) {
             *n = n.saturating_sub(1);
         }
         self.report(language);
+        self.changed.notify_waiters();
     }
 
     fn observe_boot(&self, language: &str, vm: &Vm) {
@@ -329,7 +340,7 @@ async fn refill(inner: Arc<Inner>, language: String) {
         };
         if inner.shutdown.is_cancelled() {
             if start {
-                inner.boot_done(&language, None);
+                inner.boot_done(&language);
                 inner.release(mib);
             }
             return;
@@ -342,11 +353,20 @@ async fn refill(inner: Arc<Inner>, language: String) {
             continue;
         }
         inner.report(&language);
-        match inner.launcher.boot(&language).await {
+        // Shutdown drops a boot half-way: the monitor dies with its handle.
+        let booted = tokio::select! {
+            r = inner.launcher.boot(&language) => r,
+            () = inner.shutdown.cancelled() => {
+                inner.boot_done(&language);
+                inner.release(mib);
+                return;
+            }
+        };
+        match booted {
             Ok(vm) => {
                 backoff = Duration::from_millis(500);
                 inner.observe_boot(&language, &vm);
-                inner.boot_done(&language, Some(()));
+                inner.boot_done(&language);
                 if inner.shutdown.is_cancelled() {
                     inner.discard(vm).await;
                     return;
@@ -358,7 +378,7 @@ async fn refill(inner: Arc<Inner>, language: String) {
             Err(e) => {
                 tracing::warn!(language, "pool boot failed: {e}");
                 inner.metrics.vm_failure(&language, "boot");
-                inner.boot_done(&language, None);
+                inner.boot_done(&language);
                 inner.release(mib);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}

@@ -63,7 +63,7 @@ async fn work(svc: Arc<Services>, stop: CancellationToken, hard_stop: Cancellati
 }
 
 enum Ending {
-    Done(RunReport, Timings),
+    Done(Box<RunReport>, Timings),
     Canceled,
     /// Shutdown took the VM away; the job goes back on the queue.
     Requeue,
@@ -94,6 +94,7 @@ async fn process(svc: &Arc<Services>, job: Job, hard_stop: &CancellationToken) {
         .remove(&id);
     match ending {
         Ending::Done(report, timings) => {
+            let report = *report;
             svc.metrics.job_finished(report.status.as_str(), &timings);
             if let Err(e) = svc.store.complete(id, &report, timings, Utc::now()).await {
                 // Canceled at the last moment: the cancel stands.
@@ -169,14 +170,14 @@ async fn attempt_all(svc: &Arc<Services>, job: &Job) -> Ending {
             total_ms: queue_ms + started.elapsed().as_millis() as u64,
         };
         match result {
-            Ok(exec) => return Ending::Done(RunReport::from_execution(exec, &info), timings(run_ms)),
+            Ok(exec) => return Ending::Done(Box::new(RunReport::from_execution(exec, &info)), timings(run_ms)),
             Err(e) => {
                 svc.metrics.vm_failure(&job.language, "run");
                 let where_log = log.map(|p| format!(" (console log in {})", p.display())).unwrap_or_default();
                 last_error = format!("{e}{where_log}");
                 tracing::warn!(job = %job.id, attempt, "VM failed during the run: {last_error}");
                 if streamed {
-                    return Ending::Done(RunReport::internal_error(last_error, Some(&info)), timings(run_ms));
+                    return Ending::Done(Box::new(RunReport::internal_error(last_error, Some(&info))), timings(run_ms));
                 }
             }
         }
@@ -188,7 +189,7 @@ async fn attempt_all(svc: &Arc<Services>, job: &Job) -> Ending {
         total_ms: queue_ms + started.elapsed().as_millis() as u64,
     };
     Ending::Done(
-        RunReport::internal_error(format!("no VM could run the job: {last_error}"), None),
+        Box::new(RunReport::internal_error(format!("no VM could run the job: {last_error}"), None)),
         timings,
     )
 }

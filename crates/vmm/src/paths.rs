@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub home: PathBuf,
+    /// Kernel and language images (`IGNIS_IMAGE_DIR`, default `<home>/images`).
+    pub images: PathBuf,
+    /// Parent of per-VM directories (`IGNIS_RUN_DIR`, default `/run/ignis`).
+    pub runtime: PathBuf,
 }
 
 impl Paths {
@@ -14,18 +18,28 @@ impl Paths {
         let home = std::env::var_os("IGNIS_HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/lib/ignis"));
-        Paths { home }
+        let mut p = Paths::new(home);
+        if let Some(dir) = std::env::var_os("IGNIS_IMAGE_DIR") {
+            p.images = PathBuf::from(dir);
+        }
+        if let Some(dir) = std::env::var_os("IGNIS_RUN_DIR") {
+            p.runtime = PathBuf::from(dir);
+        }
+        p
     }
 
     pub fn new(home: impl Into<PathBuf>) -> Paths {
-        Paths { home: home.into() }
+        let home = home.into();
+        Paths {
+            images: home.join("images"),
+            runtime: default_runtime(),
+            home,
+        }
     }
 
     /// Kernel and language images, discovered at start-up.
     pub fn images(&self) -> PathBuf {
-        std::env::var_os("IGNIS_IMAGE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.home.join("images"))
+        self.images.clone()
     }
 
     /// Build caches (kernel trees, debootstrap trees, the accelerator probe).
@@ -38,18 +52,19 @@ impl Paths {
         self.home.join("logs")
     }
 
-    /// Per-VM directories (sockets). Short, because Unix socket paths are
-    /// limited to 107 bytes.
+    /// Per-VM directories (sockets).
     pub fn runtime(&self) -> PathBuf {
-        if let Some(dir) = std::env::var_os("IGNIS_RUN_DIR") {
-            return PathBuf::from(dir);
-        }
-        let run = Path::new("/run");
-        if is_writable_dir(run) {
-            run.join("ignis")
-        } else {
-            std::env::temp_dir().join("ignis-run")
-        }
+        self.runtime.clone()
+    }
+}
+
+/// Short, because Unix socket paths are limited to 107 bytes.
+fn default_runtime() -> PathBuf {
+    let run = Path::new("/run");
+    if is_writable_dir(run) {
+        run.join("ignis")
+    } else {
+        std::env::temp_dir().join("ignis-run")
     }
 }
 

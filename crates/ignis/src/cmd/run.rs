@@ -43,6 +43,12 @@ pub struct Args {
     /// Cap on processes and threads of the program.
     #[arg(long, default_value_t = 64)]
     pub max_processes: u32,
+    /// Submit to an Ignis server instead of booting a VM here.
+    #[arg(long, env = "IGNIS_URL")]
+    pub server: Option<String>,
+    /// API key for --server.
+    #[arg(long, env = "IGNIS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// Exit codes for verdicts that have no exit code of their own.
@@ -98,7 +104,16 @@ pub fn request_from_args(a: &Args) -> anyhow::Result<RunRequest> {
 pub fn main(a: Args) -> anyhow::Result<ExitCode> {
     let req = request_from_args(&a)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = rt.block_on(run_local(&a, req))?;
+    let report = match &a.server {
+        Some(url) => rt.block_on(super::remote::run_remote(
+            url,
+            a.api_key.as_deref(),
+            a.language.as_deref(),
+            &req,
+            !a.json,
+        ))?,
+        None => rt.block_on(run_local(&a, req))?,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

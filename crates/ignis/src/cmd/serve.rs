@@ -4,19 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use ignis_server::config::ServerConfig;
-use ignis_server::metrics::Metrics;
-use ignis_server::pool::Pools;
-use ignis_server::queue::memory::MemoryQueue;
-use ignis_server::state::Services;
-use ignis_server::store::sqlite::SqliteStore;
-use ignis_server::webhook::{RetryPolicy, WebhookSender};
 use ignis_vmm::paths::Paths;
-use ignis_vmm::Launcher;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -72,7 +64,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     cfg.shutdown_grace = Duration::from_secs(a.shutdown_grace);
     cfg.maxima.timeout_ms = a.max_timeout.saturating_mul(1000);
 
-    let svc = build_services(cfg).await?;
+    let svc = ignis_server::embedded::services(cfg, Paths::from_env()).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;
@@ -87,47 +79,6 @@ async fn serve(a: Args) -> anyhow::Result<()> {
         svc.pools.launcher().catalog.languages.keys().cloned().collect::<Vec<_>>().join(", ")
     );
     ignis_server::server::run(listener, shutdown_signal(), svc).await
-}
-
-/// Everything `ignis serve` runs on, from a configuration.
-pub async fn build_services(cfg: ServerConfig) -> anyhow::Result<Arc<Services>> {
-    let store = SqliteStore::open(&cfg.data_dir.join("ignis.db")).context("opening the job database")?;
-    let launcher = Launcher::new(Paths::from_env()).await?;
-    let secret = webhook_secret(&cfg.data_dir)?;
-    let metrics = Arc::new(Metrics::new());
-    let pools = Pools::new(launcher, cfg.pool.clone(), metrics.clone());
-    let webhooks = WebhookSender::new(secret, cfg.allow_private_webhooks, RetryPolicy::default());
-    Ok(Arc::new(Services::new(
-        cfg,
-        Arc::new(store),
-        Arc::new(MemoryQueue::new()),
-        pools,
-        metrics,
-        webhooks,
-    )))
-}
-
-/// The key webhooks are signed with: made once, kept in the data directory.
-fn webhook_secret(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("webhook-secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        return Ok(s.trim().as_bytes().to_vec());
-    }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("reading /dev/urandom")?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut f, secret.as_bytes())?;
-    eprintln!("ignis: webhook signing secret written to {}", path.display());
-    Ok(secret.into_bytes())
 }
 
 async fn shutdown_signal() {

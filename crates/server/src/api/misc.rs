@@ -62,8 +62,10 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let svc = &state.svc;
     svc.metrics.set_queue_depth(svc.queue.depth());
+    let (delivered, failed) = svc.webhooks.stats();
+    svc.metrics.record_webhook_stats(delivered, failed);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         svc.metrics.render(),
     )
 }

@@ -49,3 +49,6 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests;

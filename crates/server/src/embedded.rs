@@ -1,0 +1,62 @@
+//! The embedded default: everything in one process, SQLite in the data
+//! directory and an in-process queue. `ignis serve` and the tests build the
+//! service the same way, through here.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use ignis_vmm::paths::Paths;
+use ignis_vmm::Launcher;
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::pool::Pools;
+use crate::queue::memory::MemoryQueue;
+use crate::state::Services;
+use crate::store::sqlite::SqliteStore;
+use crate::webhook::{RetryPolicy, WebhookSender};
+
+/// Everything `ignis serve` runs on, from a configuration.
+pub async fn services(cfg: ServerConfig, paths: Paths) -> anyhow::Result<Arc<Services>> {
+    let store = SqliteStore::open(&cfg.data_dir.join("ignis.db")).context("opening the job database")?;
+    let launcher = Launcher::new(paths).await?;
+    let secret = webhook_secret(&cfg.data_dir)?;
+    let metrics = Arc::new(Metrics::new());
+    for language in launcher.catalog.languages.keys() {
+        metrics.add_language(language);
+    }
+    let pools = Pools::new(launcher, cfg.pool.clone(), metrics.clone());
+    let webhooks = WebhookSender::new(secret, cfg.allow_private_webhooks, RetryPolicy::default());
+    Ok(Arc::new(Services::new(
+        cfg,
+        Arc::new(store),
+        Arc::new(MemoryQueue::new()),
+        pools,
+        metrics,
+        webhooks,
+    )))
+}
+
+/// The key webhooks are signed with: made once, kept in the data directory.
+fn webhook_secret(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("webhook-secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().as_bytes().to_vec());
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, secret.as_bytes())?;
+    eprintln!("ignis: webhook signing secret written to {}", path.display());
+    Ok(secret.into_bytes())
+}
+

@@ -1,0 +1,1006 @@
+//! The embedded job store: one SQLite file in the data directory.
+//!
+//! One connection behind a mutex is enough for a single-node server and keeps
+//! SQLite's locking simple; every call runs on the blocking pool so a slow
+//! disk never stalls the async runtime. State changes are compare-and-set
+//! updates inside `IMMEDIATE` transactions, so they stay correct even when a
+//! second process (the CLI, a second server by mistake) opens the same file.
+
+use std::fmt::Display;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ignis_vmm::RunReport;
+use rusqlite::types::Value;
+use rusqlite::{
+    params, params_from_iter, Connection, OptionalExtension, Params, Row, ToSql, Transaction,
+    TransactionBehavior,
+};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::{ApiKey, JobStore, ListQuery, Recovered, StoreError, StoreResult};
+use crate::job::JobStatus::{Canceled, Completed, Queued, Running};
+use crate::job::{Job, JobId, JobStatus, Timings};
+
+/// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
+/// A later migration is appended here, never edited in place.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE jobs (
+        id          TEXT PRIMARY KEY,
+        owner       TEXT NOT NULL,
+        language    TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        request     TEXT NOT NULL,
+        webhook_url TEXT,
+        result      TEXT,
+        timings     TEXT,
+        created_at  INTEGER NOT NULL,
+        started_at  INTEGER,
+        finished_at INTEGER,
+        attempts    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_owner_id ON jobs (owner, id);
+    CREATE INDEX jobs_status ON jobs (status);
+    CREATE TABLE api_keys (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        secret_hash  TEXT NOT NULL UNIQUE,
+        rate_per_sec INTEGER,
+        max_queued   INTEGER,
+        created_at   INTEGER NOT NULL
+    );
+"];
+
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The message of a job that kept dying with the server; `recover` fails it
+/// rather than retrying it forever.
+const RECOVER_FAILED_MESSAGE: &str =
+    "the server stopped while this job was running; it was not retried again";
+
+const JOB_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, timings, \
+                           created_at, started_at, finished_at, attempts";
+const JOB_PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12";
+
+/// The SQLite implementation of [`JobStore`]. Cloning shares the connection.
+///
+/// Timestamps are stored as unix milliseconds, so they come back truncated
+/// to the millisecond.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema
+    /// up to date. Refuses a file written by a newer Ignis, whose schema this
+    /// build cannot know.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).ctx(format_args!("creating {}", dir.display()))?;
+        }
+        let mut conn = Connection::open(path).ctx(format_args!("opening {}", path.display()))?;
+        // First, so that even the setup below waits for another process's
+        // lock instead of failing at once with SQLITE_BUSY.
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .ctx("setting busy_timeout")?;
+        // WAL lets readers proceed while a writer commits; the mode is stored
+        // in the file, so this is a no-op on later opens.
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+            .ctx("setting journal_mode=WAL")?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .ctx("enabling foreign_keys")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite half-written:
+            // an open transaction is rolled back when it is dropped during the
+            // unwind. The connection is therefore still sound; keep using it.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .ctx("store task")?
+    }
+
+    /// Runs `f` inside an `IMMEDIATE` transaction (the write lock is taken at
+    /// the start, so a read-then-update cannot race another writer) and
+    /// commits if it succeeds.
+    async fn write<T, F>(&self, what: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate);
+            let tx = tx.ctx(format_args!("{what}: begin"))?;
+            let out = f(&tx)?;
+            tx.commit().ctx(format_args!("{what}: commit"))?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Applies the migrations the file has not seen yet, each in its own
+/// transaction together with the bump of `user_version`. The version is read
+/// under the write lock, so two processes opening a fresh file at once cannot
+/// both run the same step.
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let known = MIGRATIONS.len();
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate);
+        let tx = tx.ctx("migration: begin")?;
+        let current: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .ctx("user_version")?;
+        let current = usize::try_from(current).ctx("user_version")?;
+        if current > known {
+            let msg =
+                format!("database schema version {current} is newer than this build ({known})");
+            return Err(StoreError::Backend(msg));
+        }
+        let Some(sql) = MIGRATIONS.get(current) else {
+            return Ok(());
+        };
+        let version = current as i64 + 1;
+        tx.execute_batch(sql)
+            .ctx(format_args!("migration to schema {version}"))?;
+        tx.pragma_update(None, "user_version", version)
+            .ctx("setting user_version")?;
+        tx.commit().ctx("migration: commit")?;
+    }
+}
+
+/// Turns rusqlite, serde and other errors into `StoreError::Backend`, saying
+/// what was being done.
+trait Context<T> {
+    fn ctx(self, what: impl Display) -> StoreResult<T>;
+}
+
+impl<T, E: Display> Context<T> for Result<T, E> {
+    fn ctx(self, what: impl Display) -> StoreResult<T> {
+        self.map_err(|e| StoreError::Backend(format!("{what}: {e}")))
+    }
+}
+
+fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or("out of range")
+        .ctx(format_args!("timestamp {ms}"))
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).ctx(format_args!("encoding {what}"))
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).ctx(format_args!("decoding {what}"))
+}
+
+fn parse_status(s: &str) -> StoreResult<JobStatus> {
+    JobStatus::parse(s)
+        .ok_or("unknown")
+        .ctx(format_args!("job status {s:?}"))
+}
+
+fn parse_id(s: &str) -> StoreResult<JobId> {
+    Uuid::parse_str(s).ctx(format_args!("job id {s:?}"))
+}
+
+fn opt_u32(what: &str, v: Option<i64>) -> StoreResult<Option<u32>> {
+    v.map(|n| u32::try_from(n).ctx(format_args!("{what} {n}")))
+        .transpose()
+}
+
+/// A `jobs` row as SQLite hands it over; decoding the JSON and timestamps
+/// happens outside rusqlite's row closure so those errors keep their context.
+struct RawJob {
+    id: String,
+    owner: String,
+    language: String,
+    status: String,
+    request: String,
+    webhook_url: Option<String>,
+    result: Option<String>,
+    timings: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    attempts: i64,
+}
+
+impl RawJob {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<RawJob> {
+        Ok(RawJob {
+            id: r.get(0)?,
+            owner: r.get(1)?,
+            language: r.get(2)?,
+            status: r.get(3)?,
+            request: r.get(4)?,
+            webhook_url: r.get(5)?,
+            result: r.get(6)?,
+            timings: r.get(7)?,
+            created_at: r.get(8)?,
+            started_at: r.get(9)?,
+            finished_at: r.get(10)?,
+            attempts: r.get(11)?,
+        })
+    }
+
+    fn into_job(self) -> StoreResult<Job> {
+        let job = |e: StoreError| StoreError::Backend(format!("job {} in database: {e}", self.id));
+        Ok(Job {
+            id: parse_id(&self.id)?,
+            status: parse_status(&self.status).map_err(job)?,
+            request: from_json("request", &self.request).map_err(job)?,
+            result: self
+                .result
+                .as_deref()
+                .map(|s| from_json("result", s))
+                .transpose()
+                .map_err(job)?,
+            timings: self
+                .timings
+                .as_deref()
+                .map(|s| from_json("timings", s))
+                .transpose()
+                .map_err(job)?,
+            created_at: from_ms(self.created_at).map_err(job)?,
+            started_at: self.started_at.map(from_ms).transpose().map_err(job)?,
+            finished_at: self.finished_at.map(from_ms).transpose().map_err(job)?,
+            attempts: u32::try_from(self.attempts).ctx("attempts").map_err(job)?,
+            owner: self.owner,
+            language: self.language,
+            webhook_url: self.webhook_url,
+        })
+    }
+}
+
+/// Loads one job by id, optionally only if `owner` owns it.
+fn load(conn: &Connection, id: JobId, owner: Option<&str>) -> StoreResult<Option<Job>> {
+    let sql =
+        format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)");
+    let raw = conn.query_row(&sql, params![id.to_string(), owner], RawJob::from_row);
+    raw.optional()
+        .ctx(format_args!("loading job {id}"))?
+        .map(RawJob::into_job)
+        .transpose()
+}
+
+/// Runs a query and collects its rows.
+fn rows<T>(
+    conn: &Connection,
+    sql: &str,
+    args: impl Params,
+    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    conn.prepare(sql)?.query_map(args, f)?.collect()
+}
+
+/// The lifecycle in one place: the statuses a job may move to `to` from, and
+/// the name of that move (for `NotAllowed`).
+fn allowed_from(to: JobStatus) -> (&'static [JobStatus], &'static str) {
+    match to {
+        Running => (&[Queued], "start"),
+        Completed => (&[Running], "complete"),
+        Queued => (&[Running], "requeue"),
+        Canceled => (&[Queued, Running], "cancel"),
+    }
+}
+
+/// The compare-and-set behind every transition: moves job `id` (of `owner`,
+/// if given; another owner's job is `NotFound`) to `to`, applying the extra
+/// `set` clauses whose parameters start at `?3`. Returns the status it had.
+fn cas(
+    tx: &Transaction<'_>,
+    id: JobId,
+    owner: Option<&str>,
+    to: JobStatus,
+    set: &str,
+    extra: &[&dyn ToSql],
+) -> StoreResult<JobStatus> {
+    let (from, action) = allowed_from(to);
+    let sql = "SELECT status FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)";
+    let current = tx.query_row(sql, params![id.to_string(), owner], |r| {
+        r.get::<_, String>(0)
+    });
+    let current = current.optional().ctx(format_args!("{action} job {id}"))?;
+    let current = parse_status(&current.ok_or(StoreError::NotFound(id))?)?;
+    if !from.contains(&current) {
+        return Err(StoreError::NotAllowed { current, action });
+    }
+    // The status in the WHERE clause is the compare-and-set proper; under
+    // the transaction's write lock it cannot miss, so a miss is a bug.
+    let sql = format!(
+        "UPDATE jobs SET status = ?1{set} WHERE id = ?2 AND status = ?{}",
+        extra.len() + 3
+    );
+    let (id_text, to_text, current_text) = (id.to_string(), to.as_str(), current.as_str());
+    let mut args: Vec<&dyn ToSql> = vec![&to_text, &id_text];
+    args.extend_from_slice(extra);
+    args.push(&current_text);
+    match tx
+        .execute(&sql, params_from_iter(args))
+        .ctx(format_args!("{action} job {id}"))?
+    {
+        1 => Ok(current),
+        n => Err(StoreError::Backend(format!(
+            "{action} job {id}: updated {n} rows"
+        ))),
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn insert(&self, job: &Job) -> StoreResult<()> {
+        let job = job.clone();
+        let request = to_json("request", &job.request)?;
+        let result = job
+            .result
+            .as_ref()
+            .map(|r| to_json("result", r))
+            .transpose()?;
+        let timings = job
+            .timings
+            .as_ref()
+            .map(|t| to_json("timings", t))
+            .transpose()?;
+        self.call(move |conn| {
+            let sql = format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({JOB_PLACEHOLDERS})");
+            let args = params![
+                job.id.to_string(),
+                job.owner,
+                job.language,
+                job.status.as_str(),
+                request,
+                job.webhook_url,
+                result,
+                timings,
+                to_ms(job.created_at),
+                job.started_at.map(to_ms),
+                job.finished_at.map(to_ms),
+                job.attempts,
+            ];
+            conn.execute(&sql, args)
+                .ctx(format_args!("inserting job {}", job.id))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, owner: &str, id: JobId) -> StoreResult<Option<Job>> {
+        let owner = owner.to_owned();
+        self.call(move |conn| load(conn, id, Some(&owner))).await
+    }
+
+    async fn get_any(&self, id: JobId) -> StoreResult<Option<Job>> {
+        self.call(move |conn| load(conn, id, None)).await
+    }
+
+    async fn list(&self, owner: &str, q: &ListQuery) -> StoreResult<Vec<Job>> {
+        // Only the filters in use go into the SQL, so SQLite can walk the
+        // (owner, id) index backwards from the cursor and stop at the limit.
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner = ?1");
+        let mut args = vec![Value::from(owner.to_owned())];
+        let mut filter = |column: &str, op: &str, value: Value| {
+            args.push(value);
+            sql += &format!(" AND {column} {op} ?{}", args.len());
+        };
+        if let Some(status) = q.status {
+            filter("status", "=", status.as_str().to_owned().into());
+        }
+        if let Some(language) = &q.language {
+            filter("language", "=", language.clone().into());
+        }
+        if let Some(before) = q.before {
+            filter("id", "<", before.to_string().into());
+        }
+        args.push(i64::from(q.limit).into());
+        sql += &format!(" ORDER BY id DESC LIMIT ?{}", args.len());
+        self.call(move |conn| {
+            let raws = rows(conn, &sql, params_from_iter(args), RawJob::from_row);
+            raws.ctx("listing jobs")?
+                .into_iter()
+                .map(RawJob::into_job)
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_queued(&self, owner: &str) -> StoreResult<u64> {
+        let owner = owner.to_owned();
+        self.call(move |conn| {
+            let sql = "SELECT COUNT(*) FROM jobs WHERE owner = ?1 AND status = 'queued'";
+            let n = conn.query_row(sql, params![owner], |r| r.get::<_, i64>(0));
+            u64::try_from(n.ctx("counting queued jobs")?).ctx("counting queued jobs")
+        })
+        .await
+    }
+
+    async fn start(&self, id: JobId, at: DateTime<Utc>) -> StoreResult<Job> {
+        self.write("start", move |tx| {
+            let set = ", started_at = ?3, attempts = attempts + 1";
+            cas(tx, id, None, Running, set, params![to_ms(at)])?;
+            load(tx, id, None)?.ok_or(StoreError::NotFound(id))
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        id: JobId,
+        result: &RunReport,
+        timings: Timings,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let result = to_json("result", result)?;
+        let timings = to_json("timings", &timings)?;
+        self.write("complete", move |tx| {
+            let (set, at) = (", result = ?3, timings = ?4, finished_at = ?5", to_ms(at));
+            cas(tx, id, None, Completed, set, params![result, timings, at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn requeue(&self, id: JobId) -> StoreResult<()> {
+        self.write("requeue", move |tx| {
+            cas(tx, id, None, Queued, ", started_at = NULL", &[])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cancel(&self, owner: &str, id: JobId, at: DateTime<Utc>) -> StoreResult<JobStatus> {
+        let owner = owner.to_owned();
+        self.write("cancel", move |tx| {
+            let (set, at) = (", finished_at = ?3", to_ms(at));
+            cas(tx, id, Some(&owner), Canceled, set, params![at])
+        })
+        .await
+    }
+
+    async fn recover(&self, max_attempts: u32, at: DateTime<Utc>) -> StoreResult<Recovered> {
+        let report = RunReport::internal_error(RECOVER_FAILED_MESSAGE, None);
+        let report = to_json("result", &report)?;
+        self.write("recover", move |tx| {
+            let sql = "UPDATE jobs SET status = 'queued', started_at = NULL \
+                       WHERE status = 'running' AND attempts < ?1";
+            tx.execute(sql, params![max_attempts])
+                .ctx("recover: requeueing")?;
+            // Whatever is still running has used up its attempts.
+            let sql = "SELECT id FROM jobs WHERE status = 'running' ORDER BY id";
+            let failed = rows(tx, sql, [], |r| r.get::<_, String>(0)).ctx("recover: failing")?;
+            let sql = "UPDATE jobs SET status = 'completed', result = ?1, finished_at = ?2 \
+                       WHERE status = 'running'";
+            tx.execute(sql, params![report, to_ms(at)])
+                .ctx("recover: failing")?;
+            let sql = "SELECT id, language FROM jobs WHERE status = 'queued' ORDER BY id";
+            let queued = rows(tx, sql, [], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)));
+            Ok(Recovered {
+                requeued: queued
+                    .ctx("recover: listing queued jobs")?
+                    .into_iter()
+                    .map(|(id, language)| Ok((parse_id(&id)?, language)))
+                    .collect::<StoreResult<_>>()?,
+                failed: failed
+                    .iter()
+                    .map(|id| parse_id(id))
+                    .collect::<StoreResult<_>>()?,
+            })
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()> {
+        let key = key.clone();
+        let hash = secret_hash.to_owned();
+        self.call(move |conn| {
+            let sql = "INSERT INTO api_keys \
+                       (id, name, secret_hash, rate_per_sec, max_queued, created_at) \
+                       VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+            let created = to_ms(key.created_at);
+            let args = params![
+                key.id,
+                key.name,
+                hash,
+                key.rate_per_sec,
+                key.max_queued,
+                created
+            ];
+            conn.execute(sql, args)
+                .ctx(format_args!("creating API key {}", key.id))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>> {
+        let hash = secret_hash.to_owned();
+        self.call(move |conn| {
+            type Raw = (String, String, Option<i64>, Option<i64>, i64);
+            let sql = "SELECT id, name, rate_per_sec, max_queued, created_at \
+                       FROM api_keys WHERE secret_hash = ?1";
+            let raw = conn.query_row(sql, params![hash], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            });
+            let raw: Option<Raw> = raw.optional().ctx("looking up API key")?;
+            raw.map(|(id, name, rate, max_queued, created_at)| {
+                Ok(ApiKey {
+                    rate_per_sec: opt_u32("rate_per_sec", rate)?,
+                    max_queued: opt_u32("max_queued", max_queued)?,
+                    created_at: from_ms(created_at)?,
+                    id,
+                    name,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::TimeZone;
+    use ignis_protocol::{File, Limits, RunRequest, Verdict};
+
+    use super::*;
+
+    fn request() -> RunRequest {
+        RunRequest {
+            files: vec![File {
+                name: "main.py".into(),
+                content: b"print('hi')\n\xff".to_vec(),
+            }],
+            stdin: b"in\0put".to_vec(),
+            args: vec!["-x".into()],
+            env: BTreeMap::from([("K".into(), "v".into())]),
+            limits: Limits::default(),
+        }
+    }
+
+    /// A job with millisecond timestamps (what the store keeps).
+    fn job(owner: &str, language: &str) -> Job {
+        let mut j = Job::new(
+            owner.into(),
+            language.into(),
+            request(),
+            Some("https://example.test/hook".into()),
+        );
+        j.created_at = from_ms(to_ms(j.created_at)).unwrap();
+        j
+    }
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_700_000_000_000 + ms).unwrap()
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("data").join("ignis.db")).unwrap();
+        (dir, s)
+    }
+
+    fn report() -> RunReport {
+        let mut r = RunReport::internal_error("x", None);
+        r.status = Verdict::Ok;
+        r.stdout = "hi\n".into();
+        r.exit_code = Some(0);
+        r.message = None;
+        r
+    }
+
+    fn q(limit: u32) -> ListQuery {
+        ListQuery {
+            limit,
+            ..ListQuery::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_get_and_owner_isolation() {
+        let (_d, s) = store();
+        let j = job("alice", "python");
+        s.insert(&j).await.unwrap();
+        assert_eq!(s.get("alice", j.id).await.unwrap(), Some(j.clone()));
+        assert_eq!(s.get("bob", j.id).await.unwrap(), None);
+        assert_eq!(s.get_any(j.id).await.unwrap(), Some(j.clone()));
+        assert_eq!(s.get_any(Uuid::now_v7()).await.unwrap(), None);
+        assert!(
+            matches!(s.insert(&j).await, Err(StoreError::Backend(_))),
+            "duplicate id"
+        );
+        assert_eq!(s.count_queued("alice").await.unwrap(), 1);
+        assert_eq!(s.count_queued("bob").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn list_order_filters_and_cursor() {
+        let (_d, s) = store();
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            let j = job("alice", if i % 2 == 0 { "python" } else { "rust" });
+            s.insert(&j).await.unwrap();
+            ids.push(j.id);
+        }
+        s.insert(&job("bob", "python")).await.unwrap();
+        let newest_first: Vec<_> = ids.iter().rev().copied().collect();
+
+        let all = s.list("alice", &q(100)).await.unwrap();
+        assert_eq!(all.iter().map(|j| j.id).collect::<Vec<_>>(), newest_first);
+
+        // Pages of 3 via the cursor cover everything exactly once.
+        let mut seen = Vec::new();
+        let mut query = q(3);
+        loop {
+            let page = s.list("alice", &query).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 3);
+            query.before = page.last().map(|j| j.id);
+            seen.extend(page.into_iter().map(|j| j.id));
+        }
+        assert_eq!(seen, newest_first);
+
+        let rust = s
+            .list(
+                "alice",
+                &ListQuery {
+                    language: Some("rust".into()),
+                    ..q(100)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            rust.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![ids[5], ids[3], ids[1]]
+        );
+
+        s.start(ids[2], t(0)).await.unwrap();
+        let running = s
+            .list(
+                "alice",
+                &ListQuery {
+                    status: Some(JobStatus::Running),
+                    ..q(100)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            running.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![ids[2]]
+        );
+        let both = ListQuery {
+            status: Some(JobStatus::Queued),
+            language: Some("python".into()),
+            ..q(100)
+        };
+        let got = s.list("alice", &both).await.unwrap();
+        assert_eq!(
+            got.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![ids[6], ids[4], ids[0]]
+        );
+    }
+
+    #[tokio::test]
+    async fn start_complete_requeue_transitions() {
+        let (_d, s) = store();
+        let j = job("alice", "python");
+        s.insert(&j).await.unwrap();
+
+        let started = s.start(j.id, t(1)).await.unwrap();
+        assert_eq!(
+            (started.status, started.attempts, started.started_at),
+            (JobStatus::Running, 1, Some(t(1)))
+        );
+        assert!(matches!(
+            s.start(j.id, t(2)).await,
+            Err(StoreError::NotAllowed {
+                current: JobStatus::Running,
+                action: "start"
+            })
+        ));
+
+        s.requeue(j.id).await.unwrap();
+        let back = s.get_any(j.id).await.unwrap().unwrap();
+        assert_eq!(
+            (back.status, back.attempts, back.started_at),
+            (JobStatus::Queued, 1, None)
+        );
+        assert!(matches!(
+            s.requeue(j.id).await,
+            Err(StoreError::NotAllowed {
+                current: JobStatus::Queued,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.complete(j.id, &report(), Timings::default(), t(3)).await,
+            Err(StoreError::NotAllowed { .. })
+        ));
+
+        assert_eq!(s.start(j.id, t(4)).await.unwrap().attempts, 2);
+        let timings = Timings {
+            queue_ms: 1,
+            acquire_ms: 2,
+            run_ms: 3,
+            total_ms: 6,
+        };
+        s.complete(j.id, &report(), timings, t(5)).await.unwrap();
+        let done = s.get("alice", j.id).await.unwrap().unwrap();
+        assert_eq!(done.status, JobStatus::Completed);
+        assert_eq!(done.result, Some(report()));
+        assert_eq!(done.timings, Some(timings));
+        assert_eq!(
+            (done.started_at, done.finished_at),
+            (Some(t(4)), Some(t(5)))
+        );
+        assert!(matches!(
+            s.complete(j.id, &report(), timings, t(6)).await,
+            Err(StoreError::NotAllowed {
+                current: JobStatus::Completed,
+                action: "complete"
+            })
+        ));
+
+        let missing = Uuid::now_v7();
+        assert!(
+            matches!(s.start(missing, t(0)).await, Err(StoreError::NotFound(id)) if id == missing)
+        );
+        assert!(matches!(
+            s.requeue(missing).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn cancel_semantics() {
+        let (_d, s) = store();
+        let (a, b) = (job("alice", "python"), job("alice", "python"));
+        s.insert(&a).await.unwrap();
+        s.insert(&b).await.unwrap();
+
+        assert!(matches!(
+            s.cancel("bob", a.id, t(0)).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            s.cancel("alice", a.id, t(1)).await.unwrap(),
+            JobStatus::Queued
+        );
+        let canceled = s.get_any(a.id).await.unwrap().unwrap();
+        assert_eq!(
+            (canceled.status, canceled.finished_at),
+            (JobStatus::Canceled, Some(t(1)))
+        );
+        assert!(matches!(
+            s.cancel("alice", a.id, t(2)).await,
+            Err(StoreError::NotAllowed {
+                current: JobStatus::Canceled,
+                action: "cancel"
+            })
+        ));
+        // A worker that dequeues a canceled job must lose.
+        assert!(matches!(
+            s.start(a.id, t(3)).await,
+            Err(StoreError::NotAllowed {
+                current: JobStatus::Canceled,
+                action: "start"
+            })
+        ));
+
+        s.start(b.id, t(4)).await.unwrap();
+        assert_eq!(
+            s.cancel("alice", b.id, t(5)).await.unwrap(),
+            JobStatus::Running
+        );
+        // ... and so must the worker that was running it.
+        assert!(matches!(
+            s.complete(b.id, &report(), Timings::default(), t(6)).await,
+            Err(StoreError::NotAllowed { .. })
+        ));
+        assert!(matches!(
+            s.requeue(b.id).await,
+            Err(StoreError::NotAllowed { .. })
+        ));
+
+        let c = job("alice", "python");
+        s.insert(&c).await.unwrap();
+        s.start(c.id, t(7)).await.unwrap();
+        s.complete(c.id, &report(), Timings::default(), t(8))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.cancel("alice", c.id, t(9)).await,
+            Err(StoreError::NotAllowed {
+                current: JobStatus::Completed,
+                action: "cancel"
+            })
+        ));
+        assert_eq!(s.count_queued("alice").await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_starts_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ignis.db");
+        // Two stores on one file: two connections, so the CAS must hold across
+        // SQLite's own locking, not just our mutex.
+        let stores = [
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        ];
+        for round in 0..10 {
+            let j = job("alice", "python");
+            stores[0].insert(&j).await.unwrap();
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = stores[i % 2].clone();
+                    tokio::spawn(async move { s.start(j.id, t(round)).await })
+                })
+                .collect();
+            let mut wins = 0;
+            for task in tasks {
+                match task.await.unwrap() {
+                    Ok(job) => {
+                        assert_eq!(job.attempts, 1);
+                        wins += 1;
+                    }
+                    Err(StoreError::NotAllowed {
+                        current: JobStatus::Running,
+                        action: "start",
+                    }) => {}
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+            assert_eq!(wins, 1);
+            assert_eq!(stores[1].get_any(j.id).await.unwrap().unwrap().attempts, 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn recover_requeues_or_fails_by_attempts() {
+        let (_d, s) = store();
+        let [fresh, retried, exhausted, queued, done] = [(); 5].map(|_| job("alice", "python"));
+        for j in [&fresh, &retried, &exhausted, &queued, &done] {
+            s.insert(j).await.unwrap();
+        }
+        s.start(fresh.id, t(0)).await.unwrap(); // 1 attempt
+        for _ in 0..2 {
+            s.start(retried.id, t(0)).await.unwrap();
+            s.requeue(retried.id).await.unwrap();
+        }
+        s.start(retried.id, t(0)).await.unwrap(); // 3 attempts
+        for _ in 0..3 {
+            s.start(exhausted.id, t(0)).await.unwrap();
+            s.requeue(exhausted.id).await.unwrap();
+        }
+        s.start(exhausted.id, t(0)).await.unwrap(); // 4 attempts
+        s.start(done.id, t(0)).await.unwrap();
+        s.complete(done.id, &report(), Timings::default(), t(1))
+            .await
+            .unwrap();
+
+        let r = s.recover(4, t(10)).await.unwrap();
+        assert_eq!(r.failed, vec![exhausted.id]);
+        let expect: Vec<_> = [&fresh, &retried, &queued]
+            .iter()
+            .map(|j| (j.id, "python".to_owned()))
+            .collect();
+        assert_eq!(r.requeued, expect, "all queued jobs, oldest first");
+
+        let back = s.get_any(retried.id).await.unwrap().unwrap();
+        assert_eq!(
+            (back.status, back.attempts, back.started_at),
+            (JobStatus::Queued, 3, None)
+        );
+        let failed = s.get_any(exhausted.id).await.unwrap().unwrap();
+        assert_eq!(
+            (failed.status, failed.finished_at),
+            (JobStatus::Completed, Some(t(10)))
+        );
+        let result = failed.result.unwrap();
+        assert_eq!(result.status, Verdict::InternalError);
+        assert_eq!(result.message.as_deref(), Some(RECOVER_FAILED_MESSAGE));
+        assert_eq!(
+            s.get_any(done.id).await.unwrap().unwrap().result,
+            Some(report())
+        );
+
+        // Nothing running any more: a second recovery only lists the queue.
+        let again = s.recover(4, t(11)).await.unwrap();
+        assert_eq!((again.requeued, again.failed), (expect, vec![]));
+    }
+
+    #[tokio::test]
+    async fn keys_round_trip() {
+        let (_d, s) = store();
+        let key = ApiKey {
+            id: "key_1".into(),
+            name: "ci".into(),
+            rate_per_sec: Some(10),
+            max_queued: None,
+            created_at: t(42),
+        };
+        s.create_key(&key, "hash-1").await.unwrap();
+        assert_eq!(s.key_by_hash("hash-1").await.unwrap(), Some(key.clone()));
+        assert_eq!(s.key_by_hash("hash-2").await.unwrap(), None);
+        let dup = ApiKey {
+            id: "key_2".into(),
+            ..key
+        };
+        assert!(
+            matches!(
+                s.create_key(&dup, "hash-1").await,
+                Err(StoreError::Backend(_))
+            ),
+            "unique hash"
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ignis.db");
+        let j = job("alice", "rust");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert(&j).await.unwrap();
+            s.start(j.id, t(1)).await.unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let got = s.get("alice", j.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.status, got.attempts, got.request),
+            (JobStatus::Running, 1, j.request)
+        );
+        let conn = s.conn.lock().unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(conn);
+
+        // A file from a newer build is refused rather than misread.
+        drop(s);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(
+            matches!(SqliteStore::open(&path), Err(StoreError::Backend(m)) if m.contains("newer"))
+        );
+    }
+}

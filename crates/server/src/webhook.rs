@@ -1,0 +1,646 @@
+//! Webhooks: when a job with a `webhook_url` ends, its JSON is POSTed there.
+//!
+//! A webhook URL is user input that makes the server open a connection to an
+//! address of the user's choosing, the classic SSRF shape: without checks a
+//! job could reach the cloud metadata service, the admin side of the LAN or
+//! the server's own loopback. Two checks guard it. [`check_url`] runs at
+//! submission and refuses IP literals and `localhost` names outside the public
+//! internet, so a bad URL gets a clear 422 instead of a silent failed
+//! delivery. At delivery the host is resolved once, *every* address is checked
+//! and the connection is pinned to exactly those addresses, so a DNS answer
+//! that changes between check and connect (DNS rebinding) cannot slip in.
+//!
+//! Receivers authenticate a delivery by recomputing [`sign`] over the raw body
+//! with the shared secret and comparing it to the `X-Ignis-Signature` header.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use reqwest::Url;
+use sha2::Sha256;
+
+/// Header carrying `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "X-Ignis-Signature";
+/// Header carrying the attempt number (1-based), so a receiver can tell a
+/// retry from a new event and deduplicate.
+pub const DELIVERY_HEADER: &str = "X-Ignis-Delivery";
+const USER_AGENT: &str = concat!("ignis-webhook/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("invalid webhook URL: {0}")]
+    InvalidUrl(String),
+    #[error("webhook URL scheme must be http or https, not {0:?}")]
+    Scheme(String),
+    #[error("webhook URL has no host")]
+    NoHost,
+    #[error("webhook URL must not contain a user name or password")]
+    UserInfo,
+    #[error("webhook host {0} is not a public internet address")]
+    NotPublic(String),
+    #[error("resolving webhook host {host}: {reason}")]
+    Dns { host: String, reason: String },
+    #[error("webhook request failed: {0}")]
+    Http(String),
+    #[error("webhook receiver answered HTTP {0}")]
+    Status(u16),
+}
+
+impl WebhookError {
+    /// A refused or malformed URL stays refused, so retrying it only delays
+    /// the give-up; network errors and non-2xx answers may be transient.
+    fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            WebhookError::InvalidUrl(_)
+                | WebhookError::Scheme(_)
+                | WebhookError::NoHost
+                | WebhookError::UserInfo
+                | WebhookError::NotPublic(_)
+        )
+    }
+}
+
+/// Checks a webhook URL: http or https, a host, no userinfo (credentials in a
+/// URL end up in logs), and unless `allow_private`, a host that is not an IP
+/// literal outside the public internet nor a `localhost` name. Names are only
+/// resolved at delivery, where the DNS-rebinding guard runs.
+pub fn check_url(url: &str, allow_private: bool) -> Result<Url, WebhookError> {
+    let parsed = Url::parse(url).map_err(|e| WebhookError::InvalidUrl(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(WebhookError::Scheme(parsed.scheme().to_owned()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(WebhookError::UserInfo);
+    }
+    // For http(s) the parser has already normalised odd IPv4 spellings
+    // (`2130706433`, `0x7f.1`) to dotted quads and lowercased names.
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or(WebhookError::NoHost)?;
+    if !allow_private {
+        let refused = match host_ip(host) {
+            Some(ip) => !is_public(ip),
+            None => is_localhost_name(host),
+        };
+        if refused {
+            return Err(WebhookError::NotPublic(host.to_owned()));
+        }
+    }
+    Ok(parsed)
+}
+
+/// The IP address of a URL host that is an IP literal (`[..]` for IPv6).
+fn host_ip(host: &str) -> Option<IpAddr> {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+    }
+}
+
+/// `localhost` and `*.localhost` resolve to loopback by convention (RFC 6761),
+/// often without DNS, so they are refused by name.
+fn is_localhost_name(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// Whether `ip` is an ordinary public unicast address a webhook may reach.
+/// Written out by hand because `IpAddr::is_global` is not stable.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    let special = a == 0 // "this network", including the unspecified address
+        || a == 10 // private
+        || a == 127 // loopback
+        || (a == 100 && (64..128).contains(&b)) // CGNAT shared space
+        || (a == 169 && b == 254) // link-local, cloud metadata
+        || (a == 172 && (16..32).contains(&b)) // private
+        || (a == 192 && b == 168) // private
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2) // TEST-NET-1
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 198 && b == 51 && c == 100) // TEST-NET-2
+        || (a == 203 && b == 0 && c == 113) // TEST-NET-3
+        || a >= 224; // multicast, reserved 240/4, broadcast
+    !special
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = embedded_v4(ip) {
+        return is_public_v4(v4);
+    }
+    let s = ip.segments();
+    let special = ip.is_unspecified()
+        || ip.is_loopback()
+        || s[0] & 0xff00 == 0xff00 // multicast
+        || s[0] & 0xffc0 == 0xfe80 // link-local
+        || s[0] & 0xffc0 == 0xfec0 // site-local (deprecated, still routed inside some sites)
+        || s[0] & 0xfe00 == 0xfc00 // unique local
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || s[0] & 0xfff0 == 0x3ff0 // documentation 3fff::/20
+        || (s[0] == 0x2001 && s[1] < 0x0200) // IETF protocol assignments, Teredo
+        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
+        || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1); // local-use NAT64
+    !special
+}
+
+/// The IPv4 address an IPv6 address stands for, where the forms route to it:
+/// IPv4-mapped (what a dual-stack socket shows for IPv4 peers), the old
+/// IPv4-compatible and IPv4-translated forms, NAT64 and 6to4. Checking the
+/// embedded address stops `[::ffff:127.0.0.1]` from being a way around.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let v4 = |hi: u16, lo: u16| Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+    match ip.segments() {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => v4(hi, lo), // ::ffff:a.b.c.d, mapped
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => v4(hi, lo), // ::ffff:0:a.b.c.d, translated
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo), // NAT64
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => v4(hi, lo), // ::a.b.c.d, not :: or ::1
+        [0x2002, hi, lo, ..] => v4(hi, lo),            // 6to4
+        _ => None,
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// `sha256=<lowercase hex HMAC-SHA256(secret, body)>`, the `X-Ignis-Signature`
+/// value; GitHub's format, so existing receiver code can check it.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length (long ones are hashed first), so
+    // `new_from_slice` cannot fail.
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// How hard to try before giving up on a receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (0 is treated as 1).
+    pub attempts: u32,
+    /// Pause after the first failure; it doubles after each further one.
+    pub first_delay: Duration,
+    /// Cap on the pause, so a long policy does not wait hours.
+    pub max_delay: Duration,
+    /// Per attempt: DNS, connect, send and the response head.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// About a minute of retrying (1+2+4+8 s) rides out a receiver restart
+    /// without holding undeliverable hooks for long.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause after failed attempt `attempt` (1-based).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.first_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+/// Sends webhooks in the background. Cloning shares the secret and counters.
+#[derive(Clone, Debug)]
+pub struct WebhookSender {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    secret: Secret,
+    allow_private: bool,
+    policy: RetryPolicy,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The HMAC key, kept out of Debug output because that ends up in logs.
+struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl WebhookSender {
+    /// `allow_private` turns off the address checks, for development setups
+    /// whose receiver runs on the same host or LAN.
+    pub fn new(secret: Vec<u8>, allow_private: bool, policy: RetryPolicy) -> WebhookSender {
+        WebhookSender {
+            inner: Arc::new(Inner {
+                secret: Secret(secret),
+                allow_private,
+                policy,
+                delivered: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// `(delivered, failed)` deliveries so far, each counted once at its
+    /// final outcome (retries are not failures), for the metrics endpoint.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.inner.delivered.load(Ordering::Relaxed),
+            self.inner.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Delivers `body` to `url` with retries on a spawned task and returns at
+    /// once, so a slow or dead receiver never holds up a worker. Must be called
+    /// inside a tokio runtime.
+    pub fn deliver(&self, url: String, body: Vec<u8>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.deliver_with_retries(&url, &body).await;
+        });
+    }
+
+    /// The retry loop behind [`WebhookSender::deliver`]; true once a receiver
+    /// answered 2xx. Updates [`WebhookSender::stats`].
+    pub async fn deliver_with_retries(&self, url: &str, body: &[u8]) -> bool {
+        let policy = self.inner.policy;
+        let attempts = policy.attempts.max(1);
+        let target = redact(url);
+        for attempt in 1..=attempts {
+            match self.attempt(url, body, attempt).await {
+                Ok(status) => {
+                    self.inner.delivered.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%target, attempt, status, "webhook delivered");
+                    return true;
+                }
+                Err(error) if error.is_permanent() => {
+                    tracing::warn!(%target, %error, "webhook refused; not retrying");
+                    break;
+                }
+                Err(error) if attempt < attempts => {
+                    let delay = policy.delay_after(attempt);
+                    tracing::info!(%target, attempt, %error, ?delay, "webhook attempt failed; will retry");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%target, attempts, %error, "webhook delivery failed; giving up");
+                }
+            }
+        }
+        self.inner.failed.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// One attempt, with the status on 2xx. Does not touch the counters,
+    /// which count deliveries, not attempts.
+    pub async fn deliver_now(&self, url: &str, body: &[u8]) -> Result<u16, WebhookError> {
+        self.attempt(url, body, 1).await
+    }
+
+    async fn attempt(&self, url: &str, body: &[u8], attempt: u32) -> Result<u16, WebhookError> {
+        let allow_private = self.inner.allow_private;
+        let timeout = self.inner.policy.timeout;
+        let url = check_url(url, allow_private)?;
+        let host = url.host_str().ok_or(WebhookError::NoHost)?;
+        // http and https always have a default port.
+        let port = url.port_or_known_default().ok_or(WebhookError::NoHost)?;
+        let addrs = resolve_checked(host, port, allow_private, timeout).await?;
+
+        let mut builder = reqwest::Client::builder()
+            // A redirect would be a second, unchecked destination.
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the name itself, undoing the pinning.
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(USER_AGENT)
+            // Any name not pinned below fails instead of reaching the system
+            // resolver, so nothing unchecked is ever connected to.
+            .dns_resolver(Arc::new(NoResolve));
+        if host_ip(host).is_none() {
+            builder = builder.resolve_to_addrs(host, &addrs);
+        }
+        let client = builder.build().map_err(http_error)?;
+        let response = client
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, sign(&self.inner.secret.0, body))
+            .header(DELIVERY_HEADER, attempt.to_string())
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(http_error)?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(status.as_u16())
+        } else {
+            Err(WebhookError::Status(status.as_u16()))
+        }
+    }
+}
+
+/// Resolves `host` once and checks every address: if any is non-public the
+/// name is refused, since the connector might pick that one.
+async fn resolve_checked(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, WebhookError> {
+    let dns_error = |reason: String| WebhookError::Dns {
+        host: host.to_owned(),
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = match host_ip(host) {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(found)) => found.collect(),
+            Ok(Err(e)) => return Err(dns_error(e.to_string())),
+            Err(_) => return Err(dns_error("timed out".to_owned())),
+        },
+    };
+    check_addrs(host, &addrs, allow_private)?;
+    Ok(addrs)
+}
+
+fn check_addrs(host: &str, addrs: &[SocketAddr], allow_private: bool) -> Result<(), WebhookError> {
+    if addrs.is_empty() {
+        return Err(WebhookError::Dns {
+            host: host.to_owned(),
+            reason: "no addresses".to_owned(),
+        });
+    }
+    if !allow_private {
+        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+            return Err(WebhookError::NotPublic(format!("{host} ({})", bad.ip())));
+        }
+    }
+    Ok(())
+}
+
+/// A resolver that refuses every name; see its use in `attempt`.
+struct NoResolve;
+
+impl reqwest::dns::Resolve for NoResolve {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let msg = format!("{} is not a checked webhook address", name.as_str());
+        Box::pin(async move { Err(msg.into()) })
+    }
+}
+
+/// reqwest's message with its causes ("connection refused" hides in a
+/// source), and without the URL, whose query may hold a token.
+fn http_error(error: reqwest::Error) -> WebhookError {
+    let error = error.without_url();
+    let mut msg = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    WebhookError::Http(msg)
+}
+
+/// The URL for logs: no userinfo, query or fragment, which may hold secrets.
+fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) => {
+            // Fails only for URLs that cannot have userinfo; nothing to strip then.
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// One request as a receiver saw it: the head (lowercased) and the body.
+    struct Received {
+        head: String,
+        body: Vec<u8>,
+    }
+
+    impl Received {
+        fn header(&self, name: &str) -> Option<&str> {
+            let prefix = format!("\r\n{name}: ");
+            let start = self.head.find(&prefix)? + prefix.len();
+            self.head[start..].split("\r\n").next()
+        }
+    }
+
+    /// A raw HTTP/1.1 receiver on 127.0.0.1 answering the i-th request with
+    /// `statuses[i]` (the last one repeating).
+    async fn receiver(statuses: Vec<u16>) -> (String, mpsc::UnboundedReceiver<Received>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook?token=t", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                let (head, body) = loop {
+                    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = Received {
+                            head: text[..end + 2].to_owned(),
+                            body: vec![],
+                        }
+                        .header("content-length")
+                        .map_or(0, |v| v.parse::<usize>().unwrap());
+                        if buf.len() >= end + 4 + len {
+                            break (text[..end + 2].to_owned(), buf[end + 4..].to_vec());
+                        }
+                    }
+                    let n = sock.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "connection closed mid-request");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                tx.send(Received { head, body }).unwrap();
+                let status = statuses[i.min(statuses.len() - 1)];
+                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, rx)
+    }
+
+    fn fast_policy(attempts: u32) -> RetryPolicy {
+        let ms = Duration::from_millis;
+        RetryPolicy {
+            attempts,
+            first_delay: ms(1),
+            max_delay: ms(5),
+            timeout: ms(5000),
+        }
+    }
+
+    #[tokio::test]
+    async fn body_arrives_intact_and_signed() {
+        let (url, mut rx) = receiver(vec![204]).await;
+        let sender = WebhookSender::new(b"s3cret".to_vec(), true, fast_policy(1));
+        let body = "{\"id\":\"j1\",\"stdout\":\"café ✓\\n\"}".as_bytes();
+        assert_eq!(sender.deliver_now(&url, body).await.unwrap(), 204);
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got.body, body);
+        assert_eq!(
+            got.header("x-ignis-signature").unwrap(),
+            sign(b"s3cret", body)
+        );
+        assert_eq!(got.header("content-type"), Some("application/json"));
+        assert_eq!(got.header("x-ignis-delivery"), Some("1"));
+        assert!(got
+            .header("user-agent")
+            .unwrap()
+            .starts_with("ignis-webhook/"));
+    }
+
+    #[tokio::test]
+    async fn retries_until_success() {
+        let (url, mut rx) = receiver(vec![500, 500, 200]).await;
+        let sender = WebhookSender::new(b"k".to_vec(), true, fast_policy(5));
+        assert!(sender.deliver_with_retries(&url, b"{}").await);
+        let seen: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| r.header("x-ignis-delivery").unwrap().to_owned())
+            .collect();
+        assert_eq!(seen, ["1", "2", "3"]);
+        assert_eq!(sender.stats(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn deliver_gives_up_after_attempts() {
+        let (url, mut rx) = receiver(vec![503]).await;
+        let sender = WebhookSender::new(b"k".to_vec(), true, fast_policy(2));
+        sender.deliver(url, b"{}".to_vec()); // returns at once
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while sender.stats() != (0, 1) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
+    }
+
+    #[tokio::test]
+    async fn private_address_refused_without_connecting() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let sender = WebhookSender::new(b"k".to_vec(), false, fast_policy(3));
+        let err = sender.deliver_now(&url, b"{}").await.unwrap_err();
+        assert!(matches!(err, WebhookError::NotPublic(_)), "{err}");
+        assert!(!sender.deliver_with_retries(&url, b"{}").await);
+        assert_eq!(sender.stats(), (0, 1));
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "a connection was made");
+    }
+
+    #[tokio::test]
+    async fn names_connect_through_the_pinned_addresses() {
+        // "localhost" (allowed here) goes through lookup_host and the pinned
+        // override; were the override missed, NoResolve would fail the request.
+        let (url, mut rx) = receiver(vec![200]).await;
+        let url = url.replace("127.0.0.1", "localhost");
+        let sender = WebhookSender::new(b"k".to_vec(), true, fast_policy(1));
+        assert_eq!(sender.deliver_now(&url, b"{}").await.unwrap(), 200);
+        assert!(rx.recv().await.is_some());
+    }
+
+    #[test]
+    fn every_resolved_address_is_checked() {
+        let public: SocketAddr = "93.184.216.34:443".parse().unwrap();
+        let private: SocketAddr = "[fd00::1]:443".parse().unwrap();
+        assert!(check_addrs("h", &[public], false).is_ok());
+        // One bad answer among good ones is enough to refuse (rebinding).
+        assert!(check_addrs("h", &[public, private], false).is_err());
+        assert!(check_addrs("h", &[public, private], true).is_ok());
+        assert!(check_addrs("h", &[], true).is_err());
+    }
+
+    #[test]
+    fn check_url_table() {
+        let public = "https://example.com/hook http://8.8.8.8:8080/x?y=1 https://1.1.1.1
+            http://172.32.0.1/ http://100.128.0.1/ http://192.169.0.1/ http://[2606:4700::1111]/
+            http://[2002:808:808::1]/ http://[::ffff:8.8.8.8]/ https://localhost.example.com/";
+        for url in public.split_whitespace() {
+            assert!(check_url(url, false).is_ok(), "{url} should be allowed");
+        }
+        let private = "http://127.0.0.1/ http://127.9.9.9:8080/ http://2130706433/
+            http://0x7f.1/ http://0.0.0.0/ http://10.0.0.1/ http://172.16.0.1/
+            http://172.31.255.255/ http://192.168.1.1/ http://169.254.169.254/latest/meta-data
+            http://100.64.0.1/ http://100.127.255.255/ http://255.255.255.255/ http://224.0.0.1/
+            http://240.0.0.1/ http://192.0.2.1/ http://198.51.100.7/ http://203.0.113.9/
+            http://198.18.0.1/ http://[::1]/ http://[::]/ http://[fe80::1]/ http://[febf::1]/
+            http://[fc00::1]/ http://[fd12:3456::1]/ http://[ff02::1]/ http://[2001:db8::1]/
+            http://[::ffff:127.0.0.1]/ http://[::ffff:10.0.0.1]/ http://[::ffff:169.254.169.254]/
+            http://[::127.0.0.1]/ http://[64:ff9b::a00:1]/ http://[2002:7f00:1::]/
+            http://localhost/ http://LOCALHOST:3000/ http://localhost./ http://api.localhost/";
+        for url in private.split_whitespace() {
+            let err = check_url(url, false).expect_err(url);
+            assert!(matches!(err, WebhookError::NotPublic(_)), "{url}: {err}");
+            assert!(
+                check_url(url, true).is_ok(),
+                "{url} allowed with allow_private"
+            );
+        }
+        let bad = [
+            ("ftp://example.com/", "Scheme"),
+            ("file:///etc/passwd", "Scheme"),
+            ("javascript:alert(1)", "Scheme"),
+            ("http://user:pw@example.com/", "UserInfo"),
+            ("http://user@example.com/", "UserInfo"),
+            ("not a url", "InvalidUrl"),
+            ("http://", "InvalidUrl"),
+        ];
+        for (url, kind) in bad {
+            let err = check_url(url, true).expect_err(url);
+            assert!(format!("{err:?}").starts_with(kind), "{url}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn signature_backoff_and_redaction() {
+        // RFC 4231, test case 2.
+        let sig = sign(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            sig,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let p = RetryPolicy::default();
+        let delays: Vec<u64> = (1..=8).map(|n| p.delay_after(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(p.delay_after(u32::MAX), p.max_delay);
+        assert_eq!(
+            redact("https://u:p@h.example/x?token=1#f"),
+            "https://h.example/x"
+        );
+    }
+}
