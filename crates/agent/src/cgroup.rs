@@ -27,7 +27,10 @@ fn enable_controllers(dir: &str) -> io::Result<()> {
         // and pids carry limits, so their absence is fatal.
         if let Err(e) = r {
             if c != "+cpu" {
-                return Err(io::Error::new(e.kind(), format!("enabling {c} in {dir}: {e}")));
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("enabling {c} in {dir}: {e}"),
+                ));
             }
         }
     }
@@ -62,8 +65,13 @@ impl Cgroup {
 
     /// Path of `cgroup.procs`, prepared before fork so the child need not allocate.
     pub fn procs_path(&self) -> io::Result<CString> {
-        CString::new(self.path.join("cgroup.procs").into_os_string().into_encoded_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+        CString::new(
+            self.path
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
     }
 
     pub fn kill(&self) {

@@ -11,7 +11,10 @@ use ignis_protocol::{SERIAL_PORT_NAME, VSOCK_PORT};
 
 pub fn open() -> io::Result<File> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if cmdline.split_whitespace().any(|w| w == "ignis.channel=vsock") {
+    if cmdline
+        .split_whitespace()
+        .any(|w| w == "ignis.channel=vsock")
+    {
         vsock_connect()
     } else {
         serial_port()

@@ -9,15 +9,33 @@ use crate::sys;
 /// golden image, and every VM starts from the same bytes.
 pub fn setup() -> io::Result<()> {
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    sys::mount("proc", "/proc", Some("proc"), nosuid_nodev | libc::MS_NOEXEC, "")?;
+    sys::mount(
+        "proc",
+        "/proc",
+        Some("proc"),
+        nosuid_nodev | libc::MS_NOEXEC,
+        "",
+    )?;
     // The kernel mounts devtmpfs itself when CONFIG_DEVTMPFS_MOUNT is set.
     match sys::mount("devtmpfs", "/dev", Some("devtmpfs"), libc::MS_NOSUID, "") {
         Err(e) if e.raw_os_error() != Some(libc::EBUSY) => return Err(e),
         _ => {}
     }
-    sys::mount("sysfs", "/sys", Some("sysfs"), nosuid_nodev | libc::MS_NOEXEC, "")?;
+    sys::mount(
+        "sysfs",
+        "/sys",
+        Some("sysfs"),
+        nosuid_nodev | libc::MS_NOEXEC,
+        "",
+    )?;
 
-    sys::mount("tmpfs", "/overlay", Some("tmpfs"), nosuid_nodev, "mode=0755")?;
+    sys::mount(
+        "tmpfs",
+        "/overlay",
+        Some("tmpfs"),
+        nosuid_nodev,
+        "mode=0755",
+    )?;
     for d in ["/overlay/upper", "/overlay/work", "/overlay/root"] {
         std::fs::create_dir(d)?;
     }
@@ -34,9 +52,21 @@ pub fn setup() -> io::Result<()> {
     std::env::set_current_dir("/overlay/root")?;
     sys::pivot_to_cwd()?;
 
-    sys::mount("cgroup2", "/sys/fs/cgroup", Some("cgroup2"), nosuid_nodev | libc::MS_NOEXEC, "")?;
+    sys::mount(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        Some("cgroup2"),
+        nosuid_nodev | libc::MS_NOEXEC,
+        "",
+    )?;
     std::fs::create_dir_all("/dev/shm")?;
-    sys::mount("tmpfs", "/dev/shm", Some("tmpfs"), nosuid_nodev, "mode=1777")?;
+    sys::mount(
+        "tmpfs",
+        "/dev/shm",
+        Some("tmpfs"),
+        nosuid_nodev,
+        "mode=1777",
+    )?;
     crate::cgroup::init_root()?;
     let _ = sys::sethostname("ignis");
     set_clock_from_cmdline();

@@ -218,7 +218,10 @@ fn quiet(argv: &[String]) -> io::Result<String> {
     let out = std::process::Command::new(prog)
         .args(args)
         .env_clear()
-        .envs(BTreeMap::from([("PATH", "/usr/bin:/bin"), ("HOME", "/tmp")]))
+        .envs(BTreeMap::from([
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/tmp"),
+        ]))
         .stdin(std::process::Stdio::null())
         .output()?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -117,8 +117,14 @@ fn supervise(spec: &Spec<'_>, cg: &Cgroup, sink: &mut Sink<'_>) -> io::Result<Ex
     let deadline = started + spec.timeout;
     let mut exit = Exit::default();
     let mut pipes: [Option<File>; 2] = [
-        child.stdout.take().map(|p| File::from(std::os::fd::OwnedFd::from(p))),
-        child.stderr.take().map(|p| File::from(std::os::fd::OwnedFd::from(p))),
+        child
+            .stdout
+            .take()
+            .map(|p| File::from(std::os::fd::OwnedFd::from(p))),
+        child
+            .stderr
+            .take()
+            .map(|p| File::from(std::os::fd::OwnedFd::from(p))),
     ];
     for p in pipes.iter().flatten() {
         sys::set_nonblocking(p.as_raw_fd())?;
@@ -180,7 +186,9 @@ fn supervise(spec: &Spec<'_>, cg: &Cgroup, sink: &mut Sink<'_>) -> io::Result<Ex
             if fds[i + 1].revents == 0 {
                 continue;
             }
-            let Some(pipe) = pipes[i].as_mut() else { continue };
+            let Some(pipe) = pipes[i].as_mut() else {
+                continue;
+            };
             match pipe.read(&mut buf) {
                 Ok(0) => pipes[i] = None,
                 Ok(n) => {

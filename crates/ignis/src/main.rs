@@ -6,7 +6,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ignis", version, about = "Run untrusted code in throw-away microVMs")]
+#[command(
+    name = "ignis",
+    version,
+    about = "Run untrusted code in throw-away microVMs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

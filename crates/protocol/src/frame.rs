@@ -81,7 +81,11 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read, max: usize) -> Result<
 }
 
 /// Blocking write of one message.
-pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T, max: usize) -> Result<(), FrameError> {
+pub fn write_frame<T: Serialize>(
+    w: &mut impl Write,
+    msg: &T,
+    max: usize,
+) -> Result<(), FrameError> {
     let frame = encode(msg, max)?;
     w.write_all(&frame)?;
     w.flush()?;

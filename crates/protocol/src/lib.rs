@@ -14,9 +14,9 @@ mod frame;
 mod message;
 mod names;
 
-pub use frame::{check_len, 
-    decode, encode, read_frame, write_frame, FrameError, GUEST_FRAME_MAX, HOST_FRAME_MAX,
-    LEN_PREFIX,
+pub use frame::{
+    check_len, decode, encode, read_frame, write_frame, FrameError, GUEST_FRAME_MAX,
+    HOST_FRAME_MAX, LEN_PREFIX,
 };
 pub use message::{
     Envelope, File, GuestMessage, HostMessage, Limits, Phase, Ready, RunOutcome, RunRequest,

@@ -18,7 +18,8 @@ use crate::webhook::{RetryPolicy, WebhookSender};
 
 /// Everything `ignis serve` runs on, from a configuration.
 pub async fn services(cfg: ServerConfig, paths: Paths) -> anyhow::Result<Arc<Services>> {
-    let store = SqliteStore::open(&cfg.data_dir.join("ignis.db")).context("opening the job database")?;
+    let store =
+        SqliteStore::open(&cfg.data_dir.join("ignis.db")).context("opening the job database")?;
     let launcher = Launcher::new(paths).await?;
     let secret = webhook_secret(&cfg.data_dir)?;
     let metrics = Arc::new(Metrics::new());
@@ -56,7 +57,9 @@ fn webhook_secret(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
     std::io::Write::write_all(&mut f, secret.as_bytes())?;
-    eprintln!("ignis: webhook signing secret written to {}", path.display());
+    eprintln!(
+        "ignis: webhook signing secret written to {}",
+        path.display()
+    );
     Ok(secret.into_bytes())
 }
-

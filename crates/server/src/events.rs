@@ -16,10 +16,17 @@ use crate::job::{JobId, JobStatus};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobEvent {
-    Status { status: JobStatus },
-    Output { stream: Stream, data: String },
+    Status {
+        status: JobStatus,
+    },
+    Output {
+        stream: Stream,
+        data: String,
+    },
     /// The last event: the whole job as `GET /v1/jobs/{id}` shows it.
-    Result { job: serde_json::Value },
+    Result {
+        job: serde_json::Value,
+    },
 }
 
 impl JobEvent {

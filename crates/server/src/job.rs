@@ -80,7 +80,12 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(owner: String, language: String, request: RunRequest, webhook_url: Option<String>) -> Job {
+    pub fn new(
+        owner: String,
+        language: String,
+        request: RunRequest,
+        webhook_url: Option<String>,
+    ) -> Job {
         Job {
             // v7 ids sort by creation time, which the list cursor relies on.
             id: Uuid::now_v7(),

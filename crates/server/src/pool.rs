@@ -310,20 +310,26 @@ impl Inner {
     }
 
     fn report(&self, language: &str) {
-        let (ready, booting) = {
+        let (ready, booting, leased) = {
             let s = self.lock();
+            let idle: usize = s.ready.values().map(VecDeque::len).sum::<usize>()
+                + s.booting.values().sum::<usize>();
             (
                 s.ready.get(language).map_or(0, VecDeque::len),
                 s.booting.get(language).copied().unwrap_or(0),
+                s.used_vms.saturating_sub(idle),
             )
         };
         self.metrics.set_pool(language, ready, booting);
+        self.metrics.set_vms_running(leased);
     }
 }
 
 /// Keeps `warm` ready VMs of one language, backing off after failed boots.
 async fn refill(inner: Arc<Inner>, language: String) {
-    let Ok(mib) = inner.vm_mib(&language) else { return };
+    let Ok(mib) = inner.vm_mib(&language) else {
+        return;
+    };
     let mut backoff = Duration::from_millis(500);
     loop {
         let notified = inner.changed.notified();
@@ -371,7 +377,12 @@ async fn refill(inner: Arc<Inner>, language: String) {
                     inner.discard(vm).await;
                     return;
                 }
-                inner.lock().ready.entry(language.clone()).or_default().push_back(vm);
+                inner
+                    .lock()
+                    .ready
+                    .entry(language.clone())
+                    .or_default()
+                    .push_back(vm);
                 inner.report(&language);
                 inner.changed.notify_waiters();
             }

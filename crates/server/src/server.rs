@@ -18,12 +18,21 @@ use crate::state::Services;
 /// Serves until `shutdown` resolves, then: takes no new jobs, lets running
 /// jobs finish for the configured grace (requeueing those that do not),
 /// kills every VM and returns.
-pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static, svc: Arc<Services>) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    svc: Arc<Services>,
+) -> anyhow::Result<()> {
     recover(&svc).await?;
     svc.pools.start_refill();
     let stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
-    let workers = tokio::spawn(crate::worker::run(svc.clone(), svc.config.workers, stop.clone(), hard_stop.clone()));
+    let workers = tokio::spawn(crate::worker::run(
+        svc.clone(),
+        svc.config.workers,
+        stop.clone(),
+        hard_stop.clone(),
+    ));
 
     let http_done = CancellationToken::new();
     let app = api::app(AppState::new(svc.clone()));
@@ -37,7 +46,10 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()> + Sen
     };
 
     shutdown.await;
-    tracing::info!("shutting down: no new jobs; running jobs get {:?}", svc.config.shutdown_grace);
+    tracing::info!(
+        "shutting down: no new jobs; running jobs get {:?}",
+        svc.config.shutdown_grace
+    );
     svc.draining.store(true, Ordering::SeqCst);
     stop.cancel();
     svc.queue.close();
@@ -60,14 +72,22 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()> + Sen
 /// Puts the store's queued jobs back on the queue after a restart, and deals
 /// honestly with those that were running when the last process died.
 async fn recover(svc: &Services) -> anyhow::Result<()> {
-    let rec = svc.store.recover(svc.config.max_attempts, Utc::now()).await?;
+    let rec = svc
+        .store
+        .recover(svc.config.max_attempts, Utc::now())
+        .await?;
     for id in &rec.failed {
         tracing::warn!(job = %id, "was running when the server stopped; marked internal_error");
         crate::worker::finish(svc, *id).await;
     }
     for (id, language) in rec.requeued.iter().cloned() {
         svc.hub.open(id);
-        svc.hub.publish(id, JobEvent::Status { status: JobStatus::Queued });
+        svc.hub.publish(
+            id,
+            JobEvent::Status {
+                status: JobStatus::Queued,
+            },
+        );
         svc.queue.push(QueuedJob { id, language }).await?;
     }
     if !rec.requeued.is_empty() {
@@ -79,7 +99,9 @@ async fn recover(svc: &Services) -> anyhow::Result<()> {
 /// Refuses `--dev` (no API keys) anywhere but on loopback.
 pub fn check_dev_listener(dev: bool, addr: std::net::SocketAddr) -> anyhow::Result<()> {
     if dev && !addr.ip().is_loopback() {
-        anyhow::bail!("--dev disables authentication and is only allowed on a loopback address, not {addr}");
+        anyhow::bail!(
+            "--dev disables authentication and is only allowed on a loopback address, not {addr}"
+        );
     }
     Ok(())
 }

@@ -22,7 +22,12 @@ use crate::store::StoreError;
 
 /// Runs `n` workers until `stop` is cancelled, then lets running jobs finish
 /// until `hard_stop` is cancelled, after which they are requeued.
-pub async fn run(svc: Arc<Services>, n: usize, stop: CancellationToken, hard_stop: CancellationToken) {
+pub async fn run(
+    svc: Arc<Services>,
+    n: usize,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n.max(1) {
         tasks.spawn(work(svc.clone(), stop.clone(), hard_stop.clone()));
@@ -151,14 +156,18 @@ async fn attempt_all(svc: &Arc<Services>, job: &Job) -> Ending {
         let mut streamed = false;
         let mut chunkers = [Utf8Chunker::default(), Utf8Chunker::default()];
         let result = vm
-            .run(job.request.clone(), host_deadline(&job.request), |ev| match ev {
-                RunEvent::Phase(Phase::Compiling | Phase::Running) => {}
-                RunEvent::Output(stream, data) => {
-                    streamed = true;
-                    let data = chunkers[stream as usize].push(&data);
-                    svc.hub.publish(job.id, JobEvent::Output { stream, data });
-                }
-            })
+            .run(
+                job.request.clone(),
+                host_deadline(&job.request),
+                |ev| match ev {
+                    RunEvent::Phase(Phase::Compiling | Phase::Running) => {}
+                    RunEvent::Output(stream, data) => {
+                        streamed = true;
+                        let data = chunkers[stream as usize].push(&data);
+                        svc.hub.publish(job.id, JobEvent::Output { stream, data });
+                    }
+                },
+            )
             .await;
         let run_ms = t1.elapsed().as_millis() as u64;
         let log = vm.destroy().await;
@@ -170,14 +179,24 @@ async fn attempt_all(svc: &Arc<Services>, job: &Job) -> Ending {
             total_ms: queue_ms + started.elapsed().as_millis() as u64,
         };
         match result {
-            Ok(exec) => return Ending::Done(Box::new(RunReport::from_execution(exec, &info)), timings(run_ms)),
+            Ok(exec) => {
+                return Ending::Done(
+                    Box::new(RunReport::from_execution(exec, &info)),
+                    timings(run_ms),
+                )
+            }
             Err(e) => {
                 svc.metrics.vm_failure(&job.language, "run");
-                let where_log = log.map(|p| format!(" (console log in {})", p.display())).unwrap_or_default();
+                let where_log = log
+                    .map(|p| format!(" (console log in {})", p.display()))
+                    .unwrap_or_default();
                 last_error = format!("{e}{where_log}");
                 tracing::warn!(job = %job.id, attempt, "VM failed during the run: {last_error}");
                 if streamed {
-                    return Ending::Done(Box::new(RunReport::internal_error(last_error, Some(&info))), timings(run_ms));
+                    return Ending::Done(
+                        Box::new(RunReport::internal_error(last_error, Some(&info))),
+                        timings(run_ms),
+                    );
                 }
             }
         }
@@ -189,7 +208,10 @@ async fn attempt_all(svc: &Arc<Services>, job: &Job) -> Ending {
         total_ms: queue_ms + started.elapsed().as_millis() as u64,
     };
     Ending::Done(
-        Box::new(RunReport::internal_error(format!("no VM could run the job: {last_error}"), None)),
+        Box::new(RunReport::internal_error(
+            format!("no VM could run the job: {last_error}"),
+            None,
+        )),
         timings,
     )
 }

@@ -33,7 +33,11 @@ struct ProbeRecord {
 }
 
 /// Chooses KVM or TCG. `IGNIS_ACCEL=kvm|tcg` forces the answer.
-pub async fn choose(paths: &Paths, kernel: &KernelImage, probe_image: Option<&LanguageImage>) -> AccelChoice {
+pub async fn choose(
+    paths: &Paths,
+    kernel: &KernelImage,
+    probe_image: Option<&LanguageImage>,
+) -> AccelChoice {
     let choice = match std::env::var("IGNIS_ACCEL").as_deref() {
         Ok("tcg") => AccelChoice {
             accel: Accel::Tcg,
@@ -95,7 +99,11 @@ async fn probe(paths: &Paths, kernel: &KernelImage, image: Option<&LanguageImage
             return r.choice;
         }
     }
-    tracing::info!("probing KVM by booting a {} guest (up to {} s)", image.name(), PROBE_TIMEOUT.as_secs());
+    tracing::info!(
+        "probing KVM by booting a {} guest (up to {} s)",
+        image.name(),
+        PROBE_TIMEOUT.as_secs()
+    );
     let mut cfg = VmConfig::new(kernel.clone(), image.clone(), Accel::Kvm, paths);
     cfg.boot_timeout = PROBE_TIMEOUT;
     let choice = match Vm::boot(&cfg).await {
@@ -107,7 +115,9 @@ async fn probe(paths: &Paths, kernel: &KernelImage, image: Option<&LanguageImage
                 reason: format!("a KVM guest reached the agent in {ms} ms"),
             }
         }
-        Err(e) => tcg(format!("KVM present but a guest did not reach user space: {e}")),
+        Err(e) => tcg(format!(
+            "KVM present but a guest did not reach user space: {e}"
+        )),
     };
     let record = ProbeRecord {
         boot_id,

@@ -50,8 +50,13 @@ mod tests {
     async fn a_lying_length_is_refused_without_reading_on() {
         let (a, mut b) = tokio::io::duplex(64);
         let mut conn = AgentConn::new(a);
-        b.write_all(&(64u32 * 1024 * 1024).to_be_bytes()).await.expect("write");
-        assert!(matches!(conn.recv().await, Err(FrameError::TooLarge { .. })));
+        b.write_all(&(64u32 * 1024 * 1024).to_be_bytes())
+            .await
+            .expect("write");
+        assert!(matches!(
+            conn.recv().await,
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]

@@ -23,10 +23,7 @@ pub enum LaunchError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("booting a {language} VM failed: {source}")]
-    Boot {
-        language: String,
-        source: BootError,
-    },
+    Boot { language: String, source: BootError },
 }
 
 impl Launcher {

@@ -110,7 +110,10 @@ pub fn qemu_args(cfg: &QemuConfig<'_>) -> Vec<OsString> {
         "-chardev".into(),
         format!("socket,id=agent,path={}", opt_path(cfg.agent_socket)),
         "-device".into(),
-        format!("virtserialport,chardev=agent,name={}", ignis_protocol::SERIAL_PORT_NAME),
+        format!(
+            "virtserialport,chardev=agent,name={}",
+            ignis_protocol::SERIAL_PORT_NAME
+        ),
         "-serial".into(),
         "stdio".into(),
     ]);

@@ -102,7 +102,11 @@ pub const HOST_GRACE: Duration = Duration::from_secs(30);
 
 /// How long the host waits for a whole run of `req`.
 pub fn host_deadline(req: &RunRequest) -> Duration {
-    Duration::from_millis(req.limits.timeout_ms.saturating_add(req.limits.compile_timeout_ms)) + HOST_GRACE
+    Duration::from_millis(
+        req.limits
+            .timeout_ms
+            .saturating_add(req.limits.compile_timeout_ms),
+    ) + HOST_GRACE
 }
 
 /// Runs `req` on `vm` and destroys the VM, whatever happened: a VM is never
@@ -116,7 +120,9 @@ pub async fn execute(mut vm: Vm, req: RunRequest, on_event: impl FnMut(RunEvent)
     match result {
         Ok(exec) => RunReport::from_execution(exec, &info),
         Err(e) => {
-            let where_log = log.map(|p| format!(" (console log in {})", p.display())).unwrap_or_default();
+            let where_log = log
+                .map(|p| format!(" (console log in {})", p.display()))
+                .unwrap_or_default();
             RunReport::internal_error(format!("{e}{where_log}"), Some(&info))
         }
     }

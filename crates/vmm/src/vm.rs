@@ -36,7 +36,12 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    pub fn new(kernel: KernelImage, image: LanguageImage, accel: Accel, paths: &crate::paths::Paths) -> Self {
+    pub fn new(
+        kernel: KernelImage,
+        image: LanguageImage,
+        accel: Accel,
+        paths: &crate::paths::Paths,
+    ) -> Self {
         VmConfig {
             kernel,
             image,
@@ -262,10 +267,16 @@ impl Vm {
             return Err(RunError::NotReady(self.state));
         }
         let r = tokio::time::timeout(timeout, async {
-            self.conn.send(&HostMessage::Ping).await.map_err(RunError::Channel)?;
+            self.conn
+                .send(&HostMessage::Ping)
+                .await
+                .map_err(RunError::Channel)?;
             match self.conn.recv().await.map_err(RunError::Channel)? {
                 GuestMessage::Pong => Ok(()),
-                other => Err(RunError::Protocol(format!("expected pong, got {}", kind(&other)))),
+                other => Err(RunError::Protocol(format!(
+                    "expected pong, got {}",
+                    kind(&other)
+                ))),
             }
         })
         .await
@@ -294,8 +305,7 @@ impl Vm {
         let cap = req.limits.max_output_kib.saturating_mul(1024) as usize;
         let (conn, child) = (&mut self.conn, &mut self.child);
         let exchange = async {
-            conn
-                .send(&HostMessage::Run(req))
+            conn.send(&HostMessage::Run(req))
                 .await
                 .map_err(RunError::Channel)?;
             let mut out = Collected::new(cap);
@@ -312,7 +322,10 @@ impl Vm {
                     }
                     GuestMessage::Result(outcome) => return out.finish(outcome),
                     other => {
-                        return Err(RunError::Protocol(format!("unexpected {} during a run", kind(&other))))
+                        return Err(RunError::Protocol(format!(
+                            "unexpected {} during a run",
+                            kind(&other)
+                        )))
                     }
                 }
             }
@@ -370,7 +383,9 @@ impl std::fmt::Display for BootFailure {
     }
 }
 
-async fn accept_ready(listener: &UnixListener) -> Result<(AgentConn<UnixStream>, Ready), BootFailure> {
+async fn accept_ready(
+    listener: &UnixListener,
+) -> Result<(AgentConn<UnixStream>, Ready), BootFailure> {
     let (stream, _) = listener
         .accept()
         .await
@@ -378,14 +393,20 @@ async fn accept_ready(listener: &UnixListener) -> Result<(AgentConn<UnixStream>,
     let mut conn = AgentConn::new(stream);
     match conn.recv().await {
         Ok(GuestMessage::Ready(r)) => Ok((conn, r)),
-        Ok(other) => Err(BootFailure::Protocol(format!("expected ready, got {}", kind(&other)))),
+        Ok(other) => Err(BootFailure::Protocol(format!(
+            "expected ready, got {}",
+            kind(&other)
+        ))),
         Err(e) => Err(BootFailure::Protocol(e.to_string())),
     }
 }
 
 fn check_ready(r: &Ready, language: &str) -> Result<(), String> {
     if r.language != language {
-        return Err(format!("agent says language {:?}, image is {language:?}", r.language));
+        return Err(format!(
+            "agent says language {:?}, image is {language:?}",
+            r.language
+        ));
     }
     if r.runtime_version.len() > VERSION_MAX || r.agent_version.len() > VERSION_MAX {
         return Err("version strings too long".into());
@@ -424,10 +445,15 @@ impl Collected {
     fn phase(&mut self, p: Phase) -> Result<(), RunError> {
         let ok = matches!(
             (self.phase, p),
-            (None, Phase::Compiling) | (None, Phase::Running) | (Some(Phase::Compiling), Phase::Running)
+            (None, Phase::Compiling)
+                | (None, Phase::Running)
+                | (Some(Phase::Compiling), Phase::Running)
         );
         if !ok {
-            return Err(RunError::Protocol(format!("phase {p:?} after {:?}", self.phase)));
+            return Err(RunError::Protocol(format!(
+                "phase {p:?} after {:?}",
+                self.phase
+            )));
         }
         self.phase = Some(p);
         Ok(())
@@ -452,10 +478,18 @@ impl Collected {
     }
 
     fn finish(self, outcome: RunOutcome) -> Result<Execution, RunError> {
-        if outcome.compile_output.as_ref().is_some_and(|c| c.len() > 1024 * 1024) {
+        if outcome
+            .compile_output
+            .as_ref()
+            .is_some_and(|c| c.len() > 1024 * 1024)
+        {
             return Err(RunError::Protocol("compile output too large".into()));
         }
-        if outcome.message.as_ref().is_some_and(|m| m.len() > 64 * 1024) {
+        if outcome
+            .message
+            .as_ref()
+            .is_some_and(|m| m.len() > 64 * 1024)
+        {
             return Err(RunError::Protocol("message too large".into()));
         }
         Ok(Execution {
@@ -496,8 +530,12 @@ mod tests {
         let mut c = Collected::new(4);
         c.phase(Phase::Running).expect("phase");
         c.output(Stream::Stdout, b"abcd").expect("within cap");
-        assert!(matches!(c.output(Stream::Stdout, b"e"), Err(RunError::Protocol(_))));
-        c.output(Stream::Stderr, b"ab").expect("stderr has its own cap");
+        assert!(matches!(
+            c.output(Stream::Stdout, b"e"),
+            Err(RunError::Protocol(_))
+        ));
+        c.output(Stream::Stderr, b"ab")
+            .expect("stderr has its own cap");
     }
 
     #[test]

@@ -18,7 +18,11 @@ pub enum Command {
         recipes: PathBuf,
         #[arg(long, default_value_os_t = super::default_agent_path())]
         agent: PathBuf,
-        #[arg(long, env = "IGNIS_DEBIAN_MIRROR", default_value = "http://deb.debian.org/debian")]
+        #[arg(
+            long,
+            env = "IGNIS_DEBIAN_MIRROR",
+            default_value = "http://deb.debian.org/debian"
+        )]
         mirror: String,
     },
     /// List the images found, and what is wrong with those that are unusable.
@@ -43,11 +47,18 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
             files.sort();
             if !languages.is_empty() {
                 for l in &languages {
-                    if !files.iter().any(|f| f.file_stem().is_some_and(|s| s == l.as_str())) {
+                    if !files
+                        .iter()
+                        .any(|f| f.file_stem().is_some_and(|s| s == l.as_str()))
+                    {
                         bail!("no recipe for {l:?} in {}", recipes.display());
                     }
                 }
-                files.retain(|f| languages.iter().any(|l| f.file_stem().is_some_and(|s| s == l.as_str())));
+                files.retain(|f| {
+                    languages
+                        .iter()
+                        .any(|l| f.file_stem().is_some_and(|s| s == l.as_str()))
+                });
             }
             let opts = BuildOptions {
                 images_dir: paths.images(),
@@ -57,8 +68,12 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             for f in files {
                 let recipe = build::read_recipe(&f)?;
-                match build::build(&recipe, &opts).with_context(|| format!("building image {}", recipe.name))? {
-                    Built::UpToDate(m) => eprintln!("image {}: up to date ({})", m.language, m.version),
+                match build::build(&recipe, &opts)
+                    .with_context(|| format!("building image {}", recipe.name))?
+                {
+                    Built::UpToDate(m) => {
+                        eprintln!("image {}: up to date ({})", m.language, m.version)
+                    }
                     Built::Fresh(m) => eprintln!(
                         "image {}: built {} ({} MiB)",
                         m.language,
@@ -76,7 +91,11 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
                 Err(p) => println!("kernel   UNUSABLE: {}", p.problem),
             }
             for (name, img) in &c.languages {
-                println!("{name:8} {} [{}]", img.manifest.version, img.rootfs.display());
+                println!(
+                    "{name:8} {} [{}]",
+                    img.manifest.version,
+                    img.rootfs.display()
+                );
             }
             for p in &c.problems {
                 println!("{:8} UNUSABLE: {}", p.name, p.problem);

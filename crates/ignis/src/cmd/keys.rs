@@ -30,10 +30,14 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
         rate_limit,
         max_queued,
     } = cmd;
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let store = SqliteStore::open(&data_dir.join("ignis.db")).context("opening the job database")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let store =
+        SqliteStore::open(&data_dir.join("ignis.db")).context("opening the job database")?;
     let rt = tokio::runtime::Runtime::new()?;
-    let (key, secret) = rt.block_on(ignis_server::keys::create(&store, &name, rate_limit, max_queued))?;
+    let (key, secret) = rt.block_on(ignis_server::keys::create(
+        &store, &name, rate_limit, max_queued,
+    ))?;
     eprintln!("ignis: created key {:?} (id {})", key.name, key.id);
     println!("{secret}");
     Ok(ExitCode::SUCCESS)

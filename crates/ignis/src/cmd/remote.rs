@@ -50,7 +50,10 @@ pub async fn run_remote(
         .await
         .with_context(|| format!("submitting to {base}"))?;
     let job = api_json(res).await?;
-    let id = job["id"].as_str().context("the server answered without a job id")?.to_owned();
+    let id = job["id"]
+        .as_str()
+        .context("the server answered without a job id")?
+        .to_owned();
 
     // Follow the job's events; the final `result` event carries the job.
     let res = auth(client.get(format!("{base}/v1/jobs/{id}/events")))
@@ -71,7 +74,9 @@ pub async fn run_remote(
                 "stdout" | "stderr" if stream_output => {
                     let text = v["data"].as_str().unwrap_or_default();
                     let _ = if event == "stdout" {
-                        std::io::stdout().write_all(text.as_bytes()).and_then(|_| std::io::stdout().flush())
+                        std::io::stdout()
+                            .write_all(text.as_bytes())
+                            .and_then(|_| std::io::stdout().flush())
                     } else {
                         std::io::stderr().write_all(text.as_bytes())
                     };
@@ -82,13 +87,17 @@ pub async fn run_remote(
         }
     }
     // The stream ended early (server restart?): ask for the job instead.
-    let res = auth(client.get(format!("{base}/v1/jobs/{id}"))).send().await?;
+    let res = auth(client.get(format!("{base}/v1/jobs/{id}")))
+        .send()
+        .await?;
     finished(api_json(res).await?)
 }
 
 fn finished(job: Value) -> anyhow::Result<RunReport> {
     match job["status"].as_str() {
-        Some("completed") => Ok(serde_json::from_value(job["result"].clone()).context("reading the job's result")?),
+        Some("completed") => Ok(
+            serde_json::from_value(job["result"].clone()).context("reading the job's result")?
+        ),
         Some("canceled") => Ok(RunReport::internal_error("the job was canceled", None)),
         other => bail!("the job ended in an unexpected state {other:?}"),
     }
@@ -116,12 +125,23 @@ async fn language_for(
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let langs = api_json(auth(client.get(format!("{base}/v1/languages"))).send().await?).await?;
+    let langs = api_json(
+        auth(client.get(format!("{base}/v1/languages")))
+            .send()
+            .await?,
+    )
+    .await?;
     langs
         .as_array()
         .into_iter()
         .flatten()
-        .find(|l| l["extensions"].as_array().into_iter().flatten().any(|e| e.as_str() == Some(&ext)))
+        .find(|l| {
+            l["extensions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e.as_str() == Some(&ext))
+        })
         .and_then(|l| l["name"].as_str().map(String::from))
         .with_context(|| format!("the server has no language for {file:?}; pass --language"))
 }
@@ -145,7 +165,10 @@ impl SseParser {
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if !self.data.is_empty() || !self.event.is_empty() {
-                    out.push((std::mem::take(&mut self.event), std::mem::take(&mut self.data)));
+                    out.push((
+                        std::mem::take(&mut self.event),
+                        std::mem::take(&mut self.data),
+                    ));
                 }
             } else if let Some(v) = line.strip_prefix("event:") {
                 self.event = v.trim_start().to_owned();

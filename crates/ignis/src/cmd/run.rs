@@ -142,7 +142,9 @@ async fn run_local(a: &Args, req: RunRequest) -> anyhow::Result<RunReport> {
             // Output goes out as the program wrote it; a closed pipe on our
             // side is the reader's business, not an error of the run.
             let _ = match s {
-                Stream::Stdout => std::io::stdout().write_all(&data).and_then(|_| std::io::stdout().flush()),
+                Stream::Stdout => std::io::stdout()
+                    .write_all(&data)
+                    .and_then(|_| std::io::stdout().flush()),
                 Stream::Stderr => std::io::stderr().write_all(&data),
             };
         }

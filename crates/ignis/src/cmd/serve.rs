@@ -51,7 +51,8 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(a: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let mut cfg = ServerConfig::new(a.data_dir.clone());
     cfg.dev = a.dev;
     cfg.pool.warm = a.warm;
@@ -76,7 +77,14 @@ async fn serve(a: Args) -> anyhow::Result<()> {
         listener.local_addr()?,
         svc.pools.launcher().accel.accel,
         svc.pools.launcher().accel.reason,
-        svc.pools.launcher().catalog.languages.keys().cloned().collect::<Vec<_>>().join(", ")
+        svc.pools
+            .launcher()
+            .catalog
+            .languages
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     ignis_server::server::run(listener, shutdown_signal(), svc).await
 }

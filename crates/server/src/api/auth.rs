@@ -24,7 +24,12 @@ pub struct Caller {
 }
 
 fn unauthorized(detail: &str) -> Problem {
-    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Unauthorized",
+        detail,
+    )
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -44,7 +49,9 @@ impl FromRequestParts<AppState> for Caller {
                     .ok()
                     .and_then(|s| s.strip_prefix("Bearer "))
                     .map(str::trim)
-                    .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+                    .ok_or_else(|| {
+                        unauthorized("the Authorization header must be `Bearer <api key>`")
+                    })?;
                 let key = state
                     .svc
                     .store

@@ -22,7 +22,8 @@ use crate::queue::QueuedJob;
 use crate::store::{ListQuery, StoreError};
 
 pub fn parse_id(raw: &str) -> Result<JobId, Problem> {
-    JobId::parse_str(raw).map_err(|_| Problem::bad_request("invalid-id", format!("{raw:?} is not a job id")))
+    JobId::parse_str(raw)
+        .map_err(|_| Problem::bad_request("invalid-id", format!("{raw:?} is not a job id")))
 }
 
 /// Turns axum's JSON rejections into problem details.
@@ -82,7 +83,10 @@ pub async fn create(
         .catalog
         .language(&body.language)
         .map_err(|e| Problem::unprocessable("unknown-language", e.to_string()))?;
-    let (source_file, vm_mib) = (image.manifest.source_file.clone(), image.manifest.vm_memory_mib);
+    let (source_file, vm_mib) = (
+        image.manifest.source_file.clone(),
+        image.manifest.vm_memory_mib,
+    );
     let new = body.validate(&svc.config, &source_file, vm_mib)?;
     if let Some(max) = caller.key.as_ref().and_then(|k| k.max_queued) {
         let queued = svc.store.count_queued(&caller.owner).await?;
@@ -96,13 +100,30 @@ pub async fn create(
     let job = Job::new(caller.owner, new.language, new.request, new.webhook_url);
     svc.store.insert(&job).await?;
     svc.hub.open(job.id);
-    svc.hub.publish(job.id, JobEvent::Status { status: JobStatus::Queued });
+    svc.hub.publish(
+        job.id,
+        JobEvent::Status {
+            status: JobStatus::Queued,
+        },
+    );
     // Subscribe before queueing, so a fast job cannot finish unseen.
     let sub = params.wait.then(|| svc.hub.subscribe(job.id)).flatten();
-    if let Err(e) = svc.queue.push(QueuedJob { id: job.id, language: job.language.clone() }).await {
+    if let Err(e) = svc
+        .queue
+        .push(QueuedJob {
+            id: job.id,
+            language: job.language.clone(),
+        })
+        .await
+    {
         tracing::error!(job = %job.id, "queue: {e}");
         let _ = svc.store.cancel(&job.owner, job.id, Utc::now()).await;
-        return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "queue-unavailable", "Queue unavailable", "the job could not be queued; it was not accepted"));
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue-unavailable",
+            "Queue unavailable",
+            "the job could not be queued; it was not accepted",
+        ));
     }
     svc.metrics.job_submitted();
     svc.metrics.set_queue_depth(svc.queue.depth());
@@ -126,15 +147,29 @@ pub async fn create(
         }
     }
     let current = svc.store.get(&job.owner, job.id).await?.unwrap_or(job);
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(JobView::from(&current))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(JobView::from(&current)),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)),
     responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 400, body = Problem)),
     security(("api_key" = [])))]
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<JobView>, Problem> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, Problem> {
     let id = parse_id(&id)?;
-    let job = state.svc.store.get(&caller.owner, id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    let job = state
+        .svc
+        .store
+        .get(&caller.owner, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     Ok(Json(JobView::from(&job)))
 }
 
@@ -162,21 +197,44 @@ pub async fn list(
     let status = p
         .status
         .as_deref()
-        .map(|s| JobStatus::parse(s).ok_or_else(|| Problem::bad_request("invalid-query", format!("unknown status {s:?}"))))
+        .map(|s| {
+            JobStatus::parse(s).ok_or_else(|| {
+                Problem::bad_request("invalid-query", format!("unknown status {s:?}"))
+            })
+        })
         .transpose()?;
     let limit = p.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(Problem::bad_request("invalid-query", "limit must be between 1 and 100"));
+        return Err(Problem::bad_request(
+            "invalid-query",
+            "limit must be between 1 and 100",
+        ));
     }
     let before = p.cursor.as_deref().map(parse_id).transpose()?;
     let jobs = state
         .svc
         .store
-        .list(&caller.owner, &ListQuery { status, language: p.language, limit: limit + 1, before })
+        .list(
+            &caller.owner,
+            &ListQuery {
+                status,
+                language: p.language,
+                limit: limit + 1,
+                before,
+            },
+        )
         .await?;
     let more = jobs.len() > limit as usize;
-    let jobs: Vec<JobView> = jobs.iter().take(limit as usize).map(JobView::from).collect();
-    let next_cursor = if more { jobs.last().map(|j| j.id) } else { None };
+    let jobs: Vec<JobView> = jobs
+        .iter()
+        .take(limit as usize)
+        .map(JobView::from)
+        .collect();
+    let next_cursor = if more {
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
     Ok(Json(JobList { jobs, next_cursor }))
 }
 
@@ -185,7 +243,11 @@ pub async fn list(
               (status = 409, body = Problem, description = "already finished; left as it is"),
               (status = 404, body = Problem)),
     security(("api_key" = [])))]
-pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<JobView>, Problem> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, Problem> {
     let id = parse_id(&id)?;
     let svc = &state.svc;
     match svc.store.cancel(&caller.owner, id, Utc::now()).await {
@@ -207,6 +269,10 @@ pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Pat
         }
         Err(e) => return Err(e.into()),
     }
-    let job = svc.store.get(&caller.owner, id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    let job = svc
+        .store
+        .get(&caller.owner, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     Ok(Json(JobView::from(&job)))
 }

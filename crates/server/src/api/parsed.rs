@@ -71,7 +71,10 @@ fn decode(what: &str, s: String, enc: Encoding) -> Result<Vec<u8>, Problem> {
     match enc {
         Encoding::Utf8 => Ok(s.into_bytes()),
         Encoding::Base64 => STANDARD.decode(s.as_bytes()).map_err(|e| {
-            Problem::unprocessable("invalid-encoding", format!("{what} is not valid base64: {e}"))
+            Problem::unprocessable(
+                "invalid-encoding",
+                format!("{what} is not valid base64: {e}"),
+            )
         }),
     }
 }
@@ -112,7 +115,10 @@ impl CreateJob {
                 .into_iter()
                 .map(|f| {
                     let content = decode(&format!("file {:?}", f.name), f.content, f.encoding)?;
-                    Ok(File { name: f.name, content })
+                    Ok(File {
+                        name: f.name,
+                        content,
+                    })
                 })
                 .collect::<Result<Vec<_>, Problem>>()?,
             (None, Some(code)) => vec![File {
@@ -126,14 +132,18 @@ impl CreateJob {
                 ))
             }
         };
-        validate_files(&files).map_err(|e| Problem::unprocessable("invalid-file", e.to_string()))?;
+        validate_files(&files)
+            .map_err(|e| Problem::unprocessable("invalid-file", e.to_string()))?;
         let code_bytes: usize = files.iter().map(|f| f.content.len()).sum();
         if code_bytes > cfg.maxima.code_bytes {
             return Err(Problem::new(
                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
                 "code-too-large",
                 "Code too large",
-                format!("the files hold {code_bytes} bytes; at most {} are accepted", cfg.maxima.code_bytes),
+                format!(
+                    "the files hold {code_bytes} bytes; at most {} are accepted",
+                    cfg.maxima.code_bytes
+                ),
             ));
         }
         let stdin = match self.stdin {
@@ -145,12 +155,19 @@ impl CreateJob {
                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
                 "stdin-too-large",
                 "Input too large",
-                format!("stdin holds {} bytes; at most {} are accepted", stdin.len(), cfg.maxima.stdin_bytes),
+                format!(
+                    "stdin holds {} bytes; at most {} are accepted",
+                    stdin.len(),
+                    cfg.maxima.stdin_bytes
+                ),
             ));
         }
         for a in &self.args {
             if a.contains('\0') {
-                return Err(Problem::unprocessable("invalid-args", "arguments cannot contain NUL"));
+                return Err(Problem::unprocessable(
+                    "invalid-args",
+                    "arguments cannot contain NUL",
+                ));
             }
         }
         for (k, v) in &self.env {
@@ -167,9 +184,27 @@ impl CreateJob {
         let memory_max = m.memory_mib.min(vm_memory_mib.saturating_sub(64));
         let limits = Limits {
             timeout_ms: check_limit("timeout_ms", l.timeout_ms, d.timeout_ms, 1, m.timeout_ms)?,
-            memory_mib: check_limit("memory_mib", l.memory_mib, d.memory_mib.min(memory_max), 16, memory_max)?,
-            max_output_kib: check_limit("max_output_kib", l.max_output_kib, d.max_output_kib, 1, m.max_output_kib)?,
-            max_processes: check_limit("max_processes", l.max_processes, d.max_processes, 1, m.max_processes)?,
+            memory_mib: check_limit(
+                "memory_mib",
+                l.memory_mib,
+                d.memory_mib.min(memory_max),
+                16,
+                memory_max,
+            )?,
+            max_output_kib: check_limit(
+                "max_output_kib",
+                l.max_output_kib,
+                d.max_output_kib,
+                1,
+                m.max_output_kib,
+            )?,
+            max_processes: check_limit(
+                "max_processes",
+                l.max_processes,
+                d.max_processes,
+                1,
+                m.max_processes,
+            )?,
             compile_timeout_ms: d.compile_timeout_ms,
         };
         let webhook_url = match self.webhook_url {
@@ -203,7 +238,8 @@ mod tests {
     }
 
     fn body(json: serde_json::Value) -> Result<NewJob, Problem> {
-        let b: CreateJob = serde_json::from_value(json).map_err(|e| Problem::bad_request("x", e.to_string()))?;
+        let b: CreateJob =
+            serde_json::from_value(json).map_err(|e| Problem::bad_request("x", e.to_string()))?;
         b.validate(&cfg(), "main.py", 512)
     }
 
@@ -220,8 +256,10 @@ mod tests {
             .expect_err("too long");
         assert_eq!(p.status, 422);
         assert!(p.kind.ends_with("limit-exceeded"));
-        let p = body(serde_json::json!({"language": "python", "code": "", "limits": {"memory_mib": 500}}))
-            .expect_err("more than the VM minus headroom");
+        let p = body(
+            serde_json::json!({"language": "python", "code": "", "limits": {"memory_mib": 500}}),
+        )
+        .expect_err("more than the VM minus headroom");
         assert!(p.detail.contains("at most 448"), "{}", p.detail);
     }
 
@@ -229,15 +267,33 @@ mod tests {
     fn bad_input_is_refused_clearly() {
         for (json, slug) in [
             (serde_json::json!({"language": "python"}), "invalid-request"),
-            (serde_json::json!({"language": "python", "code": "", "files": []}), "invalid-request"),
-            (serde_json::json!({"language": "python", "files": [{"name": "../x", "content": ""}]}), "invalid-file"),
-            (serde_json::json!({"language": "python", "files": [{"name": "a.py", "content": "%%", "encoding": "base64"}]}), "invalid-encoding"),
-            (serde_json::json!({"language": "python", "code": "", "env": {"A=B": "c"}}), "invalid-env"),
-            (serde_json::json!({"language": "python", "code": "", "webhook_url": "http://127.0.0.1/x"}), "webhook-refused"),
+            (
+                serde_json::json!({"language": "python", "code": "", "files": []}),
+                "invalid-request",
+            ),
+            (
+                serde_json::json!({"language": "python", "files": [{"name": "../x", "content": ""}]}),
+                "invalid-file",
+            ),
+            (
+                serde_json::json!({"language": "python", "files": [{"name": "a.py", "content": "%%", "encoding": "base64"}]}),
+                "invalid-encoding",
+            ),
+            (
+                serde_json::json!({"language": "python", "code": "", "env": {"A=B": "c"}}),
+                "invalid-env",
+            ),
+            (
+                serde_json::json!({"language": "python", "code": "", "webhook_url": "http://127.0.0.1/x"}),
+                "webhook-refused",
+            ),
         ] {
             let p = body(json.clone()).expect_err("refused");
             assert!(p.kind.ends_with(slug), "{json}: {} {}", p.kind, p.detail);
         }
-        assert!(serde_json::from_value::<CreateJob>(serde_json::json!({"language": "python", "code": "", "extra": 1})).is_err());
+        assert!(serde_json::from_value::<CreateJob>(
+            serde_json::json!({"language": "python", "code": "", "extra": 1})
+        )
+        .is_err());
     }
 }

@@ -33,7 +33,12 @@ impl Problem {
     }
 
     pub fn unprocessable(slug: &str, detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, slug, "Invalid job", detail)
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            slug,
+            "Invalid job",
+            detail,
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> Problem {
@@ -41,13 +46,23 @@ impl Problem {
     }
 
     pub fn internal(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            detail,
+        )
     }
 
     pub fn too_many(detail: impl Into<String>, retry_after: u64) -> Problem {
         Problem {
             retry_after: Some(retry_after),
-            ..Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", detail)
+            ..Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                detail,
+            )
         }
     }
 }
@@ -58,7 +73,10 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut res = (status, body).into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -79,5 +79,7 @@ pub async fn events(
         .take_until(async move { shutdown.cancelled().await })
         .boxed::<'static>();
     let stream: BoxStream<'static, Result<Event, Infallible>> = stream;
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

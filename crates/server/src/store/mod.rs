@@ -71,7 +71,13 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// `queued → running`, counting an attempt.
     async fn start(&self, id: JobId, at: DateTime<Utc>) -> StoreResult<Job>;
     /// `running → completed` with the result.
-    async fn complete(&self, id: JobId, result: &RunReport, timings: Timings, at: DateTime<Utc>) -> StoreResult<()>;
+    async fn complete(
+        &self,
+        id: JobId,
+        result: &RunReport,
+        timings: Timings,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// `running → queued`: the attempt was lost (dead VM, shutdown).
     async fn requeue(&self, id: JobId) -> StoreResult<()>;
     /// `queued|running → canceled`. Returns the status it had.

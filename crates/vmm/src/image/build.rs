@@ -58,7 +58,10 @@ pub fn read_recipe(path: &Path) -> Result<Recipe, BuildError> {
     let recipe: Recipe = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
     if stem.as_deref() != Some(recipe.name.as_str()) {
-        return Err(err(format!("name {:?} must match the file name", recipe.name)));
+        return Err(err(format!(
+            "name {:?} must match the file name",
+            recipe.name
+        )));
     }
     if recipe.run.is_empty() || recipe.version.is_empty() || recipe.extensions.is_empty() {
         return Err(err("run, version and extensions must not be empty".into()));
@@ -73,7 +76,10 @@ fn hash(parts: &[&[u8]]) -> String {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<Built, BuildError> {
@@ -137,13 +143,17 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<Built, BuildError> 
         key,
     };
     let mtmp = out_dir.join("manifest.json.tmp");
-    std::fs::write(&mtmp, serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &mtmp,
+        serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(&mtmp, out_dir.join("manifest.json"))?;
     Ok(Built::Fresh(manifest))
 }
 
 fn current_manifest(dir: &Path) -> Option<Manifest> {
-    let m: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    let m: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
     let len = std::fs::metadata(dir.join("rootfs.ext4")).ok()?.len();
     (len == m.rootfs_bytes).then_some(m)
 }
@@ -156,7 +166,9 @@ fn make_tree(recipe: &Recipe, tree: &Path, opts: &BuildOptions) -> Result<(), Bu
     std::fs::create_dir_all(&tmp)?;
     let debs = opts.cache_dir.join("debs");
     std::fs::create_dir_all(&debs)?;
-    let log = opts.cache_dir.join(format!("debootstrap-{}.log", recipe.name));
+    let log = opts
+        .cache_dir
+        .join(format!("debootstrap-{}.log", recipe.name));
     eprintln!(
         "image {}: debootstrap {SUITE} with {} (a few minutes; log in {})",
         recipe.name,
@@ -176,19 +188,34 @@ fn make_tree(recipe: &Recipe, tree: &Path, opts: &BuildOptions) -> Result<(), Bu
 
     // The unprivileged user every program runs as, and the mount points the
     // agent needs on a read-only root.
-    append(&tmp.join("etc/passwd"), "runner:x:1000:1000:ignis runner:/home/runner:/usr/sbin/nologin\n")?;
+    append(
+        &tmp.join("etc/passwd"),
+        "runner:x:1000:1000:ignis runner:/home/runner:/usr/sbin/nologin\n",
+    )?;
     append(&tmp.join("etc/group"), "runner:x:1000:\n")?;
     for d in ["home/runner", "overlay", "sys/fs/cgroup"] {
         std::fs::create_dir_all(tmp.join(d))?;
     }
     for line in &recipe.prepare {
-        eprintln!("image {}: prepare: {}", recipe.name, line.trim().lines().next().unwrap_or(""));
+        eprintln!(
+            "image {}: prepare: {}",
+            recipe.name,
+            line.trim().lines().next().unwrap_or("")
+        );
         with_mounts(&tmp, || {
             chroot_output(&tmp, &["/bin/sh".into(), "-c".into(), line.clone()]).map(drop)
         })?;
     }
     // Nothing in the guest reads these; leaving them out shrinks the image.
-    for d in ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists", "var/cache/apt", "var/log"] {
+    for d in [
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/info",
+        "usr/share/locale",
+        "var/lib/apt/lists",
+        "var/cache/apt",
+        "var/log",
+    ] {
         let p = tmp.join(d);
         if p.exists() {
             std::fs::remove_dir_all(&p)?;
@@ -207,8 +234,19 @@ fn make_tree(recipe: &Recipe, tree: &Path, opts: &BuildOptions) -> Result<(), Bu
 fn with_mounts<T>(tree: &Path, f: impl FnOnce() -> Result<T, BuildError>) -> Result<T, BuildError> {
     let proc_dir = tree.join("proc");
     let dev_dir = tree.join("dev");
-    run(Command::new("mount").args(["-t", "proc", "proc"]).arg(&proc_dir), "mount proc")?;
-    if let Err(e) = run(Command::new("mount").arg("--bind").arg("/dev").arg(&dev_dir), "mount dev") {
+    run(
+        Command::new("mount")
+            .args(["-t", "proc", "proc"])
+            .arg(&proc_dir),
+        "mount proc",
+    )?;
+    if let Err(e) = run(
+        Command::new("mount")
+            .arg("--bind")
+            .arg("/dev")
+            .arg(&dev_dir),
+        "mount dev",
+    ) {
         let _ = Command::new("umount").arg(&proc_dir).status();
         return Err(e);
     }
@@ -246,7 +284,11 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
     if !out.status.success() {
         return Err(BuildError::Command {
             what: what.into(),
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(())
@@ -257,7 +299,10 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
     if text.lines().any(|l| Some(l) == line.lines().next()) {
         return Ok(());
     }
-    std::fs::OpenOptions::new().append(true).open(path)?.write_all(line.as_bytes())
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .write_all(line.as_bytes())
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {

@@ -118,14 +118,20 @@ impl Catalog {
     }
 
     pub fn kernel(&self) -> Result<&KernelImage, CatalogError> {
-        self.kernel.as_ref().map_err(|p| CatalogError::NoKernel(p.clone()))
+        self.kernel
+            .as_ref()
+            .map_err(|p| CatalogError::NoKernel(p.clone()))
     }
 
     fn available(&self) -> String {
         if self.languages.is_empty() {
             format!("none found in {}", self.dir.display())
         } else {
-            self.languages.keys().cloned().collect::<Vec<_>>().join(", ")
+            self.languages
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     }
 
@@ -240,8 +246,11 @@ mod tests {
             rootfs_bytes: img.len() as u64,
             key: "k".into(),
         };
-        std::fs::write(d.join("manifest.json"), serde_json::to_vec(&m).expect("json"))
-            .expect("write");
+        std::fs::write(
+            d.join("manifest.json"),
+            serde_json::to_vec(&m).expect("json"),
+        )
+        .expect("write");
     }
 
     #[test]
