@@ -86,7 +86,7 @@ impl Runner {
                     memory_bytes: mib(step.memory_mib.max(limits.memory_mib)),
                     max_pids: COMPILE_MAX_PIDS.max(limits.max_processes),
                     output_cap: COMPILE_OUTPUT_MAX,
-                    cgroup_name: "compile",
+                    cgroup_name: &format!("compile-{}", self.seq),
                 },
                 &mut |_, data| {
                     let room = COMPILE_OUTPUT_MAX.saturating_sub(captured.len());
@@ -135,7 +135,7 @@ impl Runner {
                 max_pids: limits.max_processes,
                 output_cap: usize::try_from(limits.max_output_kib.saturating_mul(1024))
                     .unwrap_or(usize::MAX),
-                cgroup_name: "run",
+                cgroup_name: &format!("run-{}", self.seq),
             },
             &mut |stream, data| {
                 send(GuestMessage::Output {

@@ -52,6 +52,11 @@ struct Inner {
 struct State {
     ready: HashMap<String, VecDeque<Vm>>,
     booting: HashMap<String, usize>,
+    /// Of those, boots started by a refill (their VM goes to the pool).
+    refilling: HashMap<String, usize>,
+    /// Jobs waiting for a refill boot already under way rather than starting
+    /// their own: on a busy host a second boot only slows the first.
+    claimed: HashMap<String, usize>,
     used_vms: usize,
     used_mib: u64,
     /// Jobs waiting for budget; while any wait, pools do not refill.
@@ -140,6 +145,7 @@ impl Pools {
             });
         }
         let mut waiting = false;
+        let mut claiming = false;
         let result = loop {
             if inner.shutdown.is_cancelled() {
                 break Err(AcquireError::ShuttingDown);
@@ -155,8 +161,19 @@ impl Pools {
             }
             let next = {
                 let mut s = inner.lock();
+                if claiming {
+                    // Claims are made afresh each round.
+                    claiming = false;
+                    *s.claimed.entry(language.to_owned()).or_default() -= 1;
+                }
+                let refilling = s.refilling.get(language).copied().unwrap_or(0);
+                let claimed = s.claimed.get(language).copied().unwrap_or(0);
                 if let Some(vm) = s.ready.get_mut(language).and_then(VecDeque::pop_front) {
                     Next::Warm(vm)
+                } else if refilling > claimed {
+                    *s.claimed.entry(language.to_owned()).or_default() += 1;
+                    claiming = true;
+                    Next::Wait
                 } else if s.fits(&inner.cfg, mib) {
                     s.reserve(mib);
                     *s.booting.entry(language.to_owned()).or_default() += 1;
@@ -212,8 +229,14 @@ impl Pools {
                 Next::Wait => notified.await,
             }
         };
-        if waiting {
-            inner.lock().waiters -= 1;
+        {
+            let mut s = inner.lock();
+            if waiting {
+                s.waiters -= 1;
+            }
+            if claiming {
+                *s.claimed.entry(language.to_owned()).or_default() -= 1;
+            }
         }
         let (vm, warm) = result?;
         // Taking a pooled VM leaves a gap to refill.
@@ -295,6 +318,29 @@ impl Inner {
         self.changed.notify_waiters();
     }
 
+    /// Ends a refill boot; its VM, if any, joins the pool in the same step,
+    /// so a job waiting on this boot finds it when woken.
+    fn refill_done(&self, language: &str, vm: Option<Vm>) {
+        {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            for n in [s.booting.get_mut(language), s.refilling.get_mut(language)]
+                .into_iter()
+                .flatten()
+            {
+                *n = n.saturating_sub(1);
+            }
+            if let Some(vm) = vm {
+                s.ready
+                    .entry(language.to_owned())
+                    .or_default()
+                    .push_back(vm);
+            }
+        }
+        self.report(language);
+        self.changed.notify_waiters();
+    }
+
     fn observe_boot(&self, language: &str, vm: &Vm) {
         self.metrics
             .observe_boot(language, vm.info().boot_ms as f64 / 1000.0);
@@ -341,12 +387,13 @@ async fn refill(inner: Arc<Inner>, language: String) {
             if go {
                 s.reserve(mib);
                 *s.booting.entry(language.clone()).or_default() += 1;
+                *s.refilling.entry(language.clone()).or_default() += 1;
             }
             go
         };
         if inner.shutdown.is_cancelled() {
             if start {
-                inner.boot_done(&language);
+                inner.refill_done(&language, None);
                 inner.release(mib);
             }
             return;
@@ -363,7 +410,7 @@ async fn refill(inner: Arc<Inner>, language: String) {
         let booted = tokio::select! {
             r = inner.launcher.boot(&language) => r,
             () = inner.shutdown.cancelled() => {
-                inner.boot_done(&language);
+                inner.refill_done(&language, None);
                 inner.release(mib);
                 return;
             }
@@ -372,24 +419,17 @@ async fn refill(inner: Arc<Inner>, language: String) {
             Ok(vm) => {
                 backoff = Duration::from_millis(500);
                 inner.observe_boot(&language, &vm);
-                inner.boot_done(&language);
                 if inner.shutdown.is_cancelled() {
+                    inner.refill_done(&language, None);
                     inner.discard(vm).await;
                     return;
                 }
-                inner
-                    .lock()
-                    .ready
-                    .entry(language.clone())
-                    .or_default()
-                    .push_back(vm);
-                inner.report(&language);
-                inner.changed.notify_waiters();
+                inner.refill_done(&language, Some(vm));
             }
             Err(e) => {
                 tracing::warn!(language, "pool boot failed: {e}");
                 inner.metrics.vm_failure(&language, "boot");
-                inner.boot_done(&language);
+                inner.refill_done(&language, None);
                 inner.release(mib);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}

@@ -100,20 +100,22 @@ impl RunReport {
 /// declares the agent hung: transfer of output, cgroup teardown, slow TCG.
 pub const HOST_GRACE: Duration = Duration::from_secs(30);
 
-/// How long the host waits for a whole run of `req`.
-pub fn host_deadline(req: &RunRequest) -> Duration {
-    Duration::from_millis(
-        req.limits
-            .timeout_ms
-            .saturating_add(req.limits.compile_timeout_ms),
-    ) + HOST_GRACE
+/// How long the host waits for a whole run of `req` on a VM of a language
+/// that does (or does not) compile first.
+pub fn host_deadline(req: &RunRequest, compiled: bool) -> Duration {
+    let compile = if compiled {
+        req.limits.compile_timeout_ms
+    } else {
+        0
+    };
+    Duration::from_millis(req.limits.timeout_ms.saturating_add(compile)) + HOST_GRACE
 }
 
 /// Runs `req` on `vm` and destroys the VM, whatever happened: a VM is never
 /// reused. Failures become an `internal_error` report that says where the
 /// console log was kept.
 pub async fn execute(mut vm: Vm, req: RunRequest, on_event: impl FnMut(RunEvent)) -> RunReport {
-    let deadline = host_deadline(&req);
+    let deadline = host_deadline(&req, vm.info().compiled);
     let info = vm.info().clone();
     let result = vm.run(req, deadline, on_event).await;
     let log = vm.destroy().await;

@@ -77,6 +77,8 @@ pub struct VmInfo {
     pub boot_ms: u64,
     pub language: String,
     pub runtime_version: String,
+    /// The language compiles before it runs (the host allows for it).
+    pub compiled: bool,
 }
 
 /// Something that happens during a run, as it happens.
@@ -120,8 +122,8 @@ pub enum BootError {
     },
     #[error("the VM monitor exited during boot ({status}); {log}")]
     Exited { status: String, log: LogRef },
-    #[error("the agent did not become ready within {secs} s; {log}")]
-    Timeout { secs: u64, log: LogRef },
+    #[error("the agent did not become ready within {ms} ms; {log}")]
+    Timeout { ms: u64, log: LogRef },
     #[error("the agent misbehaved during boot: {detail}; {log}")]
     Protocol { detail: String, log: LogRef },
 }
@@ -130,8 +132,8 @@ pub enum BootError {
 pub enum RunError {
     #[error("the VM is {0:?}; a run needs a ready VM")]
     NotReady(VmState),
-    #[error("the agent did not finish within {secs} s")]
-    Timeout { secs: u64 },
+    #[error("the agent did not finish within {ms} ms")]
+    Timeout { ms: u64 },
     #[error("the VM died during the run ({status})")]
     Exited { status: String },
     #[error("the agent broke the protocol: {0}")]
@@ -224,6 +226,7 @@ impl Vm {
                             boot_ms,
                             language: ready.language,
                             runtime_version: ready.runtime_version,
+                            compiled: cfg.image.manifest.compiled,
                         },
                         id,
                         dir,
@@ -246,7 +249,7 @@ impl Vm {
         Err(match failure {
             BootFailure::Exited(status) => BootError::Exited { status, log },
             BootFailure::Timeout => BootError::Timeout {
-                secs: cfg.boot_timeout.as_secs(),
+                ms: cfg.boot_timeout.as_millis() as u64,
                 log,
             },
             BootFailure::Protocol(detail) => BootError::Protocol { detail, log },
@@ -281,7 +284,7 @@ impl Vm {
         })
         .await
         .unwrap_or(Err(RunError::Timeout {
-            secs: timeout.as_secs(),
+            ms: timeout.as_millis() as u64,
         }));
         if r.is_err() {
             self.state = VmState::Failed;
@@ -331,7 +334,7 @@ impl Vm {
             }
         };
         let result = tokio::select! {
-            r = tokio::time::timeout(deadline, exchange) => r.unwrap_or(Err(RunError::Timeout { secs: deadline.as_secs() })),
+            r = tokio::time::timeout(deadline, exchange) => r.unwrap_or(Err(RunError::Timeout { ms: deadline.as_millis() as u64 })),
             status = child.wait() => Err(RunError::Exited {
                 status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
             }),

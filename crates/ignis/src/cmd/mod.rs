@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_api;
 pub mod images;
 pub mod keys;
 pub mod remote;

@@ -83,6 +83,9 @@ pub fn request_from_args(a: &Args) -> anyhow::Result<RunRequest> {
     if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 3600.0) {
         bail!("--timeout must be between 0 and 3600 seconds");
     }
+    if a.max_output == 0 {
+        bail!("--max-output must be at least 1 KiB");
+    }
     if a.memory < 16 {
         bail!("--memory must be at least 16 MiB");
     }
@@ -92,7 +95,7 @@ pub fn request_from_args(a: &Args) -> anyhow::Result<RunRequest> {
         args: a.args.clone(),
         env,
         limits: Limits {
-            timeout_ms: (a.timeout * 1000.0) as u64,
+            timeout_ms: ((a.timeout * 1000.0).ceil() as u64).max(1),
             memory_mib: a.memory,
             max_output_kib: a.max_output,
             max_processes: a.max_processes,

@@ -1,0 +1,285 @@
+//! Helpers shared by the VM integration tests: finding the real images,
+//! running the real `ignis` binary, and building tiny fake images whose
+//! "agent" misbehaves on purpose.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ignis_protocol::{encode, GuestMessage, Limits, Ready, RunRequest, GUEST_FRAME_MAX};
+use ignis_vmm::image::{Catalog, Manifest};
+use ignis_vmm::paths::Paths;
+use ignis_vmm::report::RunReport;
+use ignis_vmm::{Launcher, VmConfig};
+use tempfile::TempDir;
+
+/// The real images, or `None` (after saying why) when the named languages
+/// are not all built: the test then returns early.
+pub fn images(langs: &[&str]) -> Option<Catalog> {
+    let dir = Paths::from_env().images();
+    let catalog = Catalog::discover(&dir);
+    if let Err(p) = &catalog.kernel {
+        eprintln!(
+            "SKIPPED: no usable guest kernel in {} ({p}); run scripts/setup",
+            dir.display()
+        );
+        return None;
+    }
+    for l in langs {
+        if let Err(e) = catalog.language(l) {
+            eprintln!(
+                "SKIPPED: no usable {l} image in {} ({e}); run scripts/setup",
+                dir.display()
+            );
+            return None;
+        }
+    }
+    Some(catalog)
+}
+
+pub async fn launcher(langs: &[&str]) -> Option<Launcher> {
+    images(langs)?;
+    Some(
+        Launcher::new(Paths::from_env())
+            .await
+            .expect("launcher over the real images"),
+    )
+}
+
+pub fn request(files: &[(&str, &str)], limits: Limits) -> RunRequest {
+    RunRequest {
+        files: files
+            .iter()
+            .map(|(n, c)| ignis_protocol::File {
+                name: (*n).to_owned(),
+                content: c.as_bytes().to_vec(),
+            })
+            .collect(),
+        stdin: Vec::new(),
+        args: Vec::new(),
+        env: Default::default(),
+        limits,
+    }
+}
+
+/// What one `ignis` invocation did.
+#[derive(Debug)]
+pub struct Cli {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Cli {
+    /// The `--json` report on stdout.
+    pub fn report(&self) -> RunReport {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not a run report ({e}):\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&self.stdout),
+                self.stderr
+            )
+        })
+    }
+}
+
+/// Runs the real `ignis` binary with `args`, from `dir`.
+pub fn ignis(dir: &Path, args: &[&str]) -> Cli {
+    let out = Command::new(env!("CARGO_BIN_EXE_ignis"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("spawn ignis");
+    Cli {
+        code: out.status.code().expect("ignis exited by a signal"),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes `files` into `dir` and runs `ignis run --json [extra...] files...`.
+pub fn run_json(dir: &Path, files: &[(&str, &str)], extra: &[&str]) -> (RunReport, Cli) {
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).expect("write program");
+    }
+    let mut args = vec!["run", "--json"];
+    args.extend_from_slice(extra);
+    args.extend(files.iter().map(|(n, _)| *n));
+    let cli = ignis(dir, &args);
+    (cli.report(), cli)
+}
+
+pub fn entries(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.expect("dir entry").path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{}: {e}", dir.display()),
+    }
+}
+
+/// Whether any process on the host has `needle` in its command line (a
+/// monitor still running on a test's image).
+pub fn process_mentions(needle: &Path) -> bool {
+    let needle = needle.to_string_lossy();
+    let procs = std::fs::read_dir("/proc").expect("/proc");
+    procs.flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle.as_ref()))
+    })
+}
+
+/// A language image whose `/sbin/ignis-agent` is a busybox shell script,
+/// with the real kernel beside it, and the config to boot it. Runtime and
+/// log directories are private to the test.
+#[derive(Debug)]
+pub struct FakeImage {
+    /// Holds the image, runtime and log directories until the test ends.
+    pub _tmp: TempDir,
+    pub cfg: VmConfig,
+}
+
+impl FakeImage {
+    pub fn runtime_dir(&self) -> &Path {
+        &self.cfg.runtime_dir
+    }
+}
+
+pub const FAKE_LANGUAGE: &str = "fake";
+
+fn mkfs() -> Option<PathBuf> {
+    ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Builds the fake image, or `None` (after saying why) if the host lacks
+/// the real kernel, busybox or mkfs.ext4.
+pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> Option<FakeImage> {
+    let real = images(&[])?;
+    let busybox = Path::new("/bin/busybox");
+    let (Some(mkfs), true) = (mkfs(), busybox.exists()) else {
+        eprintln!("SKIPPED: needs /bin/busybox (busybox-static) and mkfs.ext4 (e2fsprogs)");
+        return None;
+    };
+    // Use the accelerator the real launcher settled on (its probe is cached).
+    let accel = ignis_vmm::accel::choose(
+        &Paths::from_env(),
+        real.kernel().expect("kernel"),
+        real.languages.values().next(),
+    )
+    .await
+    .accel;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let images = tmp.path().join("images");
+    let kernel_dir = images.join("kernel");
+    std::fs::create_dir_all(&kernel_dir).expect("mkdir");
+    let real_kernel = real.dir.join("kernel");
+    let vmlinux = std::fs::canonicalize(real_kernel.join("vmlinux")).expect("real vmlinux");
+    std::os::unix::fs::symlink(vmlinux, kernel_dir.join("vmlinux")).expect("symlink");
+    std::fs::copy(
+        real_kernel.join("kernel.json"),
+        kernel_dir.join("kernel.json"),
+    )
+    .expect("copy");
+
+    let tree = tmp.path().join("tree");
+    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp"] {
+        std::fs::create_dir_all(tree.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox, tree.join("bin/busybox")).expect("copy busybox");
+    let agent = tree.join("sbin/ignis-agent");
+    std::fs::write(&agent, script).expect("write script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for (name, bytes) in extra {
+        std::fs::write(tree.join(name), bytes).expect("write extra file");
+    }
+
+    let lang_dir = images.join(FAKE_LANGUAGE);
+    std::fs::create_dir_all(&lang_dir).expect("mkdir");
+    let rootfs = lang_dir.join("rootfs.ext4");
+    let out = Command::new(mkfs)
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&rootfs)
+        .arg("16M")
+        .output()
+        .expect("run mkfs.ext4");
+    assert!(out.status.success(), "mkfs.ext4 failed: {out:?}");
+    let manifest = Manifest {
+        language: FAKE_LANGUAGE.into(),
+        version: "fake 1".into(),
+        extensions: vec!["fake".into()],
+        source_file: "main.fake".into(),
+        compiled: false,
+        vm_memory_mib: 128,
+        rootfs_bytes: std::fs::metadata(&rootfs).expect("stat").len(),
+        key: "test".into(),
+    };
+    std::fs::write(
+        lang_dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("write manifest");
+
+    // The fake image goes through the same discovery as real ones.
+    let catalog = Catalog::discover(&images);
+    assert!(catalog.problems.is_empty(), "{:?}", catalog.problems);
+    let cfg = VmConfig {
+        kernel: catalog.kernel().expect("kernel").clone(),
+        image: catalog.language(FAKE_LANGUAGE).expect("fake").clone(),
+        accel,
+        boot_timeout: Duration::from_secs(5),
+        runtime_dir: tmp.path().join("run"),
+        log_dir: tmp.path().join("logs"),
+        qemu_binary: PathBuf::from("qemu-system-x86_64"),
+    };
+    Some(FakeImage { _tmp: tmp, cfg })
+}
+
+/// A fake agent that never says anything.
+pub const SILENT_AGENT: &str = "#!/bin/busybox sh
+echo 'fake agent: staying silent'
+exec /bin/busybox sleep 100000
+";
+
+/// A fake agent that sends a valid Ready frame (from /ready.frame) on the
+/// virtio-serial port, found the way the real agent finds it, then hangs
+/// with the port still open.
+pub const READY_THEN_HANG_AGENT: &str = r#"#!/bin/busybox sh
+bb=/bin/busybox
+$bb mount -t sysfs sys /sys
+$bb mountpoint -q /dev || $bb mount -t devtmpfs dev /dev
+i=0
+while [ $i -lt 500 ]; do
+    for p in /sys/class/virtio-ports/*; do
+        if [ "$($bb cat "$p/name" 2>/dev/null)" = ignis.0 ]; then
+            port=/dev/${p##*/}
+            echo "fake agent: ready on $port, then hanging"
+            exec 3<>"$port"
+            $bb cat /ready.frame >&3
+            exec $bb sleep 100000
+        fi
+    done
+    i=$((i + 1))
+    $bb usleep 10000
+done
+echo 'fake agent: no port named ignis.0'
+exec $bb sleep 100000
+"#;
+
+/// The exact bytes of a Ready frame for the fake language.
+pub fn ready_frame() -> Vec<u8> {
+    encode(
+        &GuestMessage::Ready(Ready {
+            agent_version: "fake".into(),
+            language: FAKE_LANGUAGE.into(),
+            runtime_version: "fake 1".into(),
+            uptime_ms: 1,
+        }),
+        GUEST_FRAME_MAX,
+    )
+    .expect("encode ready")
+}
