@@ -50,7 +50,7 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    ready: HashMap<String, VecDeque<Vm>>,
+    ready: HashMap<String, VecDeque<Pooled>>,
     booting: HashMap<String, usize>,
     /// Of those, boots started by a refill (their VM goes to the pool).
     refilling: HashMap<String, usize>,
@@ -63,13 +63,137 @@ struct State {
     waiters: usize,
 }
 
+/// A share of the host budget: one VM slot and its memory. It is given back
+/// when dropped, so a job canceled at any await point cannot leak budget.
+/// Never dropped while the state lock is held (its drop takes the lock).
+#[derive(Debug)]
+struct Share {
+    inner: Arc<Inner>,
+    mib: u64,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.inner.release(self.mib);
+    }
+}
+
+/// A ready VM in a pool, with the share it holds.
+#[derive(Debug)]
+struct Pooled {
+    vm: Vm,
+    share: Share,
+}
+
+/// A boot under way, counted in `booting` (and `refilling`) until it ends,
+/// whichever way it ends.
+#[derive(Debug)]
+struct Booting {
+    inner: Arc<Inner>,
+    language: String,
+    refill: bool,
+    counted: bool,
+}
+
+impl Booting {
+    fn start(inner: &Arc<Inner>, s: &mut State, language: &str, refill: bool) -> Booting {
+        *s.booting.entry(language.to_owned()).or_default() += 1;
+        if refill {
+            *s.refilling.entry(language.to_owned()).or_default() += 1;
+        }
+        Booting {
+            inner: inner.clone(),
+            language: language.to_owned(),
+            refill,
+            counted: true,
+        }
+    }
+
+    /// Ends the boot; a VM given joins the pool in the same step, so a job
+    /// waiting on this boot finds it when woken.
+    fn finish(mut self, into_pool: Option<Pooled>) {
+        {
+            let inner = self.inner.clone();
+            let mut guard = inner.lock();
+            self.uncount(&mut guard);
+            if let Some(p) = into_pool {
+                guard
+                    .ready
+                    .entry(self.language.clone())
+                    .or_default()
+                    .push_back(p);
+            }
+        }
+        self.inner.report(&self.language);
+        self.inner.changed.notify_waiters();
+    }
+
+    fn uncount(&mut self, s: &mut State) {
+        if !std::mem::take(&mut self.counted) {
+            return;
+        }
+        let refill = self.refill;
+        for (map, on) in [(&mut s.booting, true), (&mut s.refilling, refill)] {
+            if let Some(n) = map.get_mut(&self.language).filter(|_| on) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Drop for Booting {
+    fn drop(&mut self) {
+        if self.counted {
+            let inner = self.inner.clone();
+            let mut guard = inner.lock();
+            self.uncount(&mut guard);
+            drop(guard);
+            self.inner.report(&self.language);
+            self.inner.changed.notify_waiters();
+        }
+    }
+}
+
+/// A job's place in line for a VM, undone when it leaves the line however
+/// it leaves (a VM, an error, or cancellation).
+struct Waiting<'a> {
+    inner: &'a Inner,
+    language: &'a str,
+    /// Counted in `waiters`: waiting for budget.
+    budget: bool,
+    /// Counted in `claimed`: waiting for a refill boot under way.
+    claim: bool,
+}
+
+impl Waiting<'_> {
+    fn reset(&mut self, s: &mut State) {
+        if std::mem::take(&mut self.budget) {
+            s.waiters = s.waiters.saturating_sub(1);
+        }
+        if std::mem::take(&mut self.claim) {
+            if let Some(n) = s.claimed.get_mut(self.language) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.budget || self.claim {
+            let mut s = self.inner.lock();
+            self.reset(&mut s);
+        }
+    }
+}
+
 /// A VM handed to a job, with its share of the budget. Dropping the lease
 /// (after destroying the VM, or with it) gives the share back.
 #[derive(Debug)]
 pub struct Lease {
+    // Field order matters: the VM dies before its share is given back.
     vm: Option<Vm>,
-    mib: u64,
-    pools: Arc<Inner>,
+    _share: Share,
     /// How long the job waited for this VM.
     pub waited: Duration,
     /// True if it came from a warm pool rather than an on-demand boot.
@@ -80,14 +204,6 @@ impl Lease {
     /// Takes the VM out; the budget share stays with the lease.
     pub fn take(&mut self) -> Option<Vm> {
         self.vm.take()
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        // A VM still inside is killed by its own Drop.
-        self.vm.take();
-        self.pools.release(self.mib);
     }
 }
 
@@ -132,7 +248,8 @@ impl Pools {
         }
     }
 
-    /// A ready VM of `language` for one job.
+    /// A ready VM of `language` for one job. Safe to cancel at any point:
+    /// budget, counters and half-booted VMs are all given back.
     pub async fn acquire(&self, language: &str) -> Result<Lease, AcquireError> {
         let inner = &self.inner;
         let started = Instant::now();
@@ -144,110 +261,102 @@ impl Pools {
                 budget: inner.cfg.max_memory_mib,
             });
         }
-        let mut waiting = false;
-        let mut claiming = false;
-        let result = loop {
+        let mut line = Waiting {
+            inner,
+            language,
+            budget: false,
+            claim: false,
+        };
+        enum Next {
+            Warm(Pooled),
+            Boot(Share, Booting),
+            Evict(Pooled),
+            Wait,
+        }
+        loop {
             if inner.shutdown.is_cancelled() {
-                break Err(AcquireError::ShuttingDown);
+                return Err(AcquireError::ShuttingDown);
             }
             let notified = inner.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            enum Next {
-                Warm(Vm),
-                Boot,
-                Evict(Vm),
-                Wait,
-            }
             let next = {
                 let mut s = inner.lock();
-                if claiming {
-                    // Claims are made afresh each round.
-                    claiming = false;
-                    *s.claimed.entry(language.to_owned()).or_default() -= 1;
-                }
+                // Claims and places are made afresh each round.
+                line.reset(&mut s);
                 let refilling = s.refilling.get(language).copied().unwrap_or(0);
                 let claimed = s.claimed.get(language).copied().unwrap_or(0);
-                if let Some(vm) = s.ready.get_mut(language).and_then(VecDeque::pop_front) {
-                    Next::Warm(vm)
+                if let Some(p) = s.ready.get_mut(language).and_then(VecDeque::pop_front) {
+                    Next::Warm(p)
                 } else if refilling > claimed {
                     *s.claimed.entry(language.to_owned()).or_default() += 1;
-                    claiming = true;
+                    line.claim = true;
                     Next::Wait
                 } else if s.fits(&inner.cfg, mib) {
                     s.reserve(mib);
-                    *s.booting.entry(language.to_owned()).or_default() += 1;
-                    Next::Boot
-                } else if let Some(vm) = s.ready.values_mut().find_map(VecDeque::pop_front) {
-                    Next::Evict(vm)
+                    let share = Share {
+                        inner: inner.clone(),
+                        mib,
+                    };
+                    Next::Boot(share, Booting::start(inner, &mut s, language, false))
+                } else if let Some(p) = s.ready.values_mut().find_map(VecDeque::pop_front) {
+                    Next::Evict(p)
                 } else {
-                    if !waiting {
-                        s.waiters += 1;
-                        waiting = true;
-                    }
+                    s.waiters += 1;
+                    line.budget = true;
                     Next::Wait
                 }
             };
             inner.report(language);
-            match next {
-                Next::Warm(mut vm) => {
+            let (vm, share, warm) = match next {
+                Next::Warm(mut p) => {
                     // A VM can die while it waits in the pool; check it answers.
-                    if vm.ping(Duration::from_secs(5)).await.is_ok() {
-                        break Ok((vm, true));
+                    if p.vm.ping(Duration::from_secs(5)).await.is_ok() {
+                        (p.vm, p.share, true)
+                    } else {
+                        inner.metrics.vm_failure(language, "dead");
+                        tracing::warn!(vm = %p.vm.info().id, language, "a pooled VM stopped answering; discarded");
+                        inner.discard(p).await;
+                        continue;
                     }
-                    inner.metrics.vm_failure(language, "dead");
-                    tracing::warn!(vm = %vm.info().id, language, "a pooled VM stopped answering; discarded");
-                    inner.discard(vm).await;
                 }
-                Next::Boot => {
+                Next::Boot(share, booting) => {
                     let booted = tokio::select! {
                         r = inner.launcher.boot(language) => r,
-                        () = inner.shutdown.cancelled() => {
-                            inner.boot_done(language);
-                            inner.release(mib);
-                            break Err(AcquireError::ShuttingDown);
-                        }
+                        () = inner.shutdown.cancelled() => return Err(AcquireError::ShuttingDown),
                     };
+                    drop(booting);
                     match booted {
                         Ok(vm) => {
                             inner.observe_boot(language, &vm);
-                            inner.boot_done(language);
-                            break Ok((vm, false));
+                            (vm, share, false)
                         }
                         Err(e) => {
                             inner.metrics.vm_failure(language, "boot");
-                            inner.boot_done(language);
-                            inner.release(mib);
-                            break Err(e.into());
+                            return Err(e.into());
                         }
                     }
                 }
-                Next::Evict(vm) => {
-                    tracing::debug!(vm = %vm.info().id, "evicting an idle VM of another language");
-                    inner.discard(vm).await;
+                Next::Evict(p) => {
+                    tracing::debug!(vm = %p.vm.info().id, "evicting an idle VM of another language");
+                    inner.discard(p).await;
+                    continue;
                 }
-                Next::Wait => notified.await,
-            }
-        };
-        {
-            let mut s = inner.lock();
-            if waiting {
-                s.waiters -= 1;
-            }
-            if claiming {
-                *s.claimed.entry(language.to_owned()).or_default() -= 1;
-            }
+                Next::Wait => {
+                    notified.await;
+                    continue;
+                }
+            };
+            drop(line);
+            // Taking a pooled VM leaves a gap to refill.
+            inner.changed.notify_waiters();
+            return Ok(Lease {
+                vm: Some(vm),
+                _share: share,
+                waited: started.elapsed(),
+                warm,
+            });
         }
-        let (vm, warm) = result?;
-        // Taking a pooled VM leaves a gap to refill.
-        inner.changed.notify_waiters();
-        Ok(Lease {
-            vm: Some(vm),
-            mib,
-            pools: inner.clone(),
-            waited: started.elapsed(),
-            warm,
-        })
     }
 
     /// Stops refilling and destroys every pooled VM, and returns once no VM
@@ -258,13 +367,13 @@ impl Pools {
         inner.changed.notify_waiters();
         loop {
             let notified = inner.changed.notified();
-            let (vms, booting): (Vec<Vm>, usize) = {
+            let (pooled, booting): (Vec<Pooled>, usize) = {
                 let mut s = inner.lock();
-                let vms = s.ready.values_mut().flat_map(std::mem::take).collect();
-                (vms, s.booting.values().sum())
+                let pooled = s.ready.values_mut().flat_map(std::mem::take).collect();
+                (pooled, s.booting.values().sum())
             };
-            for vm in vms {
-                inner.discard(vm).await;
+            for p in pooled {
+                inner.discard(p).await;
             }
             if booting == 0 {
                 return;
@@ -310,48 +419,16 @@ impl Inner {
         self.changed.notify_waiters();
     }
 
-    fn boot_done(&self, language: &str) {
-        if let Some(n) = self.lock().booting.get_mut(language) {
-            *n = n.saturating_sub(1);
-        }
-        self.report(language);
-        self.changed.notify_waiters();
-    }
-
-    /// Ends a refill boot; its VM, if any, joins the pool in the same step,
-    /// so a job waiting on this boot finds it when woken.
-    fn refill_done(&self, language: &str, vm: Option<Vm>) {
-        {
-            let mut guard = self.lock();
-            let s = &mut *guard;
-            for n in [s.booting.get_mut(language), s.refilling.get_mut(language)]
-                .into_iter()
-                .flatten()
-            {
-                *n = n.saturating_sub(1);
-            }
-            if let Some(vm) = vm {
-                s.ready
-                    .entry(language.to_owned())
-                    .or_default()
-                    .push_back(vm);
-            }
-        }
-        self.report(language);
-        self.changed.notify_waiters();
-    }
-
     fn observe_boot(&self, language: &str, vm: &Vm) {
         self.metrics
             .observe_boot(language, vm.info().boot_ms as f64 / 1000.0);
     }
 
-    /// Destroys a VM that held a budget share and gives the share back.
-    async fn discard(&self, vm: Vm) {
-        let language = vm.info().language.clone();
-        let mib = self.vm_mib(&language).unwrap_or(0);
-        vm.destroy().await;
-        self.release(mib);
+    /// Destroys a pooled VM; its share goes back when `p` is gone.
+    async fn discard(&self, p: Pooled) {
+        let language = p.vm.info().language.clone();
+        p.vm.destroy().await;
+        drop(p.share);
         self.report(&language);
     }
 
@@ -379,58 +456,54 @@ async fn refill(inner: Arc<Inner>, language: String) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let notified = inner.changed.notified();
-        let start = {
+        let started = {
             let mut s = inner.lock();
             let have = s.ready.get(&language).map_or(0, VecDeque::len)
                 + s.booting.get(&language).copied().unwrap_or(0);
-            let go = have < inner.cfg.warm && s.waiters == 0 && s.fits(&inner.cfg, mib);
-            if go {
+            let go = have < inner.cfg.warm
+                && s.waiters == 0
+                && s.fits(&inner.cfg, mib)
+                && !inner.shutdown.is_cancelled();
+            go.then(|| {
                 s.reserve(mib);
-                *s.booting.entry(language.clone()).or_default() += 1;
-                *s.refilling.entry(language.clone()).or_default() += 1;
-            }
-            go
+                let booting = Booting::start(&inner, &mut s, &language, true);
+                (booting, mib)
+            })
         };
-        if inner.shutdown.is_cancelled() {
-            if start {
-                inner.refill_done(&language, None);
-                inner.release(mib);
-            }
-            return;
-        }
-        if !start {
+        // The share is made outside the lock: its drop takes the lock.
+        let Some((booting, mib)) = started else {
             tokio::select! {
-                () = notified => {}
+                () = notified => continue,
                 () = inner.shutdown.cancelled() => return,
             }
-            continue;
-        }
+        };
+        let share = Share {
+            inner: inner.clone(),
+            mib,
+        };
         inner.report(&language);
-        // Shutdown drops a boot half-way: the monitor dies with its handle.
+        // Shutdown drops a boot half-way: the monitor dies with its handle,
+        // and the guards give back the count and the share.
         let booted = tokio::select! {
             r = inner.launcher.boot(&language) => r,
-            () = inner.shutdown.cancelled() => {
-                inner.refill_done(&language, None);
-                inner.release(mib);
-                return;
-            }
+            () = inner.shutdown.cancelled() => return,
         };
         match booted {
             Ok(vm) => {
                 backoff = Duration::from_millis(500);
                 inner.observe_boot(&language, &vm);
                 if inner.shutdown.is_cancelled() {
-                    inner.refill_done(&language, None);
-                    inner.discard(vm).await;
+                    drop(booting);
+                    inner.discard(Pooled { vm, share }).await;
                     return;
                 }
-                inner.refill_done(&language, Some(vm));
+                booting.finish(Some(Pooled { vm, share }));
             }
             Err(e) => {
                 tracing::warn!(language, "pool boot failed: {e}");
                 inner.metrics.vm_failure(&language, "boot");
-                inner.refill_done(&language, None);
-                inner.release(mib);
+                drop(booting);
+                drop(share);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = inner.shutdown.cancelled() => return,

@@ -54,16 +54,23 @@ async fn work(svc: Arc<Services>, stop: CancellationToken, hard_stop: Cancellati
             }
         };
         svc.metrics.set_queue_depth(svc.queue.depth());
-        let job = match svc.store.start(queued.id, Utc::now()).await {
-            Ok(job) => job,
+        // The cancel handle exists before the job is marked running, so a
+        // cancel that sees `running` always finds it.
+        let cancel = CancellationToken::new();
+        svc.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queued.id, cancel.clone());
+        match svc.store.start(queued.id, Utc::now()).await {
+            Ok(job) => process(&svc, job, cancel, &hard_stop).await,
             // Canceled (or finished) while it waited: nothing to do.
-            Err(StoreError::NotAllowed { .. } | StoreError::NotFound(_)) => continue,
-            Err(e) => {
-                tracing::error!(job = %queued.id, "store: {e}");
-                continue;
-            }
-        };
-        process(&svc, job, &hard_stop).await;
+            Err(StoreError::NotAllowed { .. } | StoreError::NotFound(_)) => {}
+            Err(e) => tracing::error!(job = %queued.id, "store: {e}"),
+        }
+        svc.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&queued.id);
     }
 }
 
@@ -74,13 +81,13 @@ enum Ending {
     Requeue,
 }
 
-async fn process(svc: &Arc<Services>, job: Job, hard_stop: &CancellationToken) {
+async fn process(
+    svc: &Arc<Services>,
+    job: Job,
+    cancel: CancellationToken,
+    hard_stop: &CancellationToken,
+) {
     let id = job.id;
-    let cancel = CancellationToken::new();
-    svc.running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, cancel.clone());
     svc.hub.open(id);
     svc.hub.publish(
         id,
@@ -93,17 +100,18 @@ async fn process(svc: &Arc<Services>, job: Job, hard_stop: &CancellationToken) {
         () = cancel.cancelled() => Ending::Canceled,
         () = hard_stop.cancelled() => Ending::Requeue,
     };
-    svc.running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&id);
+    // The cancel handle stays registered until `work` removes it after this
+    // returns, so a cancel arriving now still leaves the ending to us.
     match ending {
         Ending::Done(report, timings) => {
             let report = *report;
-            svc.metrics.job_finished(report.status.as_str(), &timings);
-            if let Err(e) = svc.store.complete(id, &report, timings, Utc::now()).await {
+            match svc.store.complete(id, &report, timings, Utc::now()).await {
+                Ok(()) => svc.metrics.job_finished(report.status.as_str(), &timings),
                 // Canceled at the last moment: the cancel stands.
-                tracing::info!(job = %id, "result not stored: {e}");
+                Err(e) => {
+                    tracing::info!(job = %id, "result not stored: {e}");
+                    svc.metrics.job_canceled();
+                }
             }
             finish(svc, id).await;
         }

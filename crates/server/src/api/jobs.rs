@@ -257,7 +257,10 @@ pub async fn cancel(
                 crate::worker::finish(svc, id).await;
             }
         }
-        Ok(_) => crate::worker::finish(svc, id).await,
+        Ok(_) => {
+            svc.metrics.job_canceled();
+            crate::worker::finish(svc, id).await;
+        }
         Err(StoreError::NotFound(_)) => return Err(Problem::not_found(format!("no job {id}"))),
         Err(StoreError::NotAllowed { current, .. }) => {
             return Err(Problem::new(

@@ -12,7 +12,9 @@ pub mod view;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
@@ -47,7 +49,18 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(misc::openapi))
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
         .with_state(state)
+}
+
+/// Counts every answer by status class for `ignis_http_requests_total`.
+async fn count_responses(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    state.svc.metrics.http_response(res.status().as_u16());
+    res
 }
 
 #[cfg(test)]

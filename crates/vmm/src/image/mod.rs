@@ -124,7 +124,7 @@ impl Catalog {
     }
 
     fn available(&self) -> String {
-        if self.languages.is_empty() {
+        let mut text = if self.languages.is_empty() {
             format!("none found in {}", self.dir.display())
         } else {
             self.languages
@@ -132,7 +132,11 @@ impl Catalog {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        for p in &self.problems {
+            text.push_str(&format!("; unusable: {p}"));
         }
+        text
     }
 
     pub fn language(&self, name: &str) -> Result<&LanguageImage, CatalogError> {
