@@ -1,0 +1,264 @@
+//! Handler tests with `oneshot` (no VMs): see the integration tests for real runs.
+//!
+//! Every test builds the real router over real services: a SQLite store in a
+//! temporary directory, the in-process queue, and pools over a launcher whose
+//! catalog holds one fake Python image. No worker runs and no pool refills,
+//! so nothing ever boots: a job stays where the API put it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use ignis_vmm::accel::AccelChoice;
+use ignis_vmm::image::{Catalog, ImageProblem, KernelImage, LanguageImage, Manifest};
+use ignis_vmm::paths::Paths;
+use ignis_vmm::{Accel, Launcher};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+use super::{app, AppState, BODY_LIMIT};
+use crate::config::{PoolConfig, ServerConfig};
+use crate::job::{JobId, JobStatus};
+use crate::metrics::Metrics;
+use crate::pool::Pools;
+use crate::queue::memory::MemoryQueue;
+use crate::state::Services;
+use crate::store::sqlite::SqliteStore;
+use crate::webhook::{RetryPolicy, WebhookSender};
+
+pub(super) const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A launcher that knows one language and can boot nothing: the kernel and
+/// root filesystem paths do not exist, and nothing here asks for a boot.
+pub(super) fn fake_launcher(dir: &std::path::Path) -> Launcher {
+    let python = LanguageImage {
+        rootfs: dir.join("python/rootfs.ext4"),
+        manifest: Manifest {
+            language: "python".into(),
+            version: "Python 3.11.2".into(),
+            extensions: vec!["py".into()],
+            source_file: "main.py".into(),
+            compiled: false,
+            vm_memory_mib: 512,
+            rootfs_bytes: 0,
+            key: "test".into(),
+        },
+    };
+    Launcher {
+        paths: Paths::new(dir),
+        catalog: Catalog {
+            dir: dir.join("images"),
+            kernel: Err(ImageProblem {
+                name: "kernel".into(),
+                problem: "not built in unit tests".into(),
+            }),
+            languages: BTreeMap::from([("python".to_owned(), python)]),
+            problems: vec![],
+        },
+        kernel: KernelImage {
+            path: dir.join("vmlinux"),
+            key: "test".into(),
+        },
+        accel: AccelChoice {
+            accel: Accel::Tcg,
+            reason: "unit test".into(),
+        },
+        boot_timeout: Duration::from_secs(1),
+    }
+}
+
+/// The services behind one test's router, and the directory they live in.
+pub(super) struct Harness {
+    _dir: TempDir,
+    svc: Arc<Services>,
+    state: AppState,
+}
+
+pub(super) fn harness_with(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = ServerConfig::new(dir.path().to_path_buf());
+    cfg.pool = PoolConfig {
+        warm: 0,
+        max_vms: 4,
+        max_memory_mib: 4096,
+    };
+    tweak(&mut cfg);
+    let store = SqliteStore::open(&dir.path().join("ignis.db")).expect("open store");
+    let metrics = Arc::new(Metrics::new());
+    metrics.add_language("python");
+    let pools = Pools::new(fake_launcher(dir.path()), cfg.pool.clone(), metrics.clone());
+    let webhooks = WebhookSender::new(
+        b"secret".to_vec(),
+        cfg.allow_private_webhooks,
+        RetryPolicy::default(),
+    );
+    let svc = Arc::new(Services::new(
+        cfg,
+        Arc::new(store),
+        Arc::new(MemoryQueue::new()),
+        pools,
+        metrics,
+        webhooks,
+    ));
+    Harness {
+        _dir: dir,
+        state: AppState::new(svc.clone()),
+        svc,
+    }
+}
+
+pub(super) fn harness() -> Harness {
+    harness_with(|_| {})
+}
+
+/// What came back from one request.
+#[derive(Debug)]
+pub(super) struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    pub(super) fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub(super) fn header(&self, name: header::HeaderName) -> &str {
+        self.headers
+            .get(&name)
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+            .to_str()
+            .expect("ASCII header")
+    }
+
+    /// Asserts an RFC 9457 problem with this status and stable type.
+    #[track_caller]
+    pub(super) fn assert_problem(&self, status: StatusCode, slug: &str) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "expected {status} {slug}, got: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header(header::CONTENT_TYPE), PROBLEM_JSON);
+        let p = self.json();
+        assert_eq!(p["type"], format!("urn:ignis:problem:{slug}"), "{p}");
+        assert_eq!(p["status"], status.as_u16(), "{p}");
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+        assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
+        p
+    }
+
+    #[track_caller]
+    pub(super) fn assert_status(&self, status: StatusCode) -> &Self {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self
+    }
+}
+
+pub(super) fn request(
+    method: Method,
+    uri: &str,
+    key: Option<&str>,
+    body: Option<Body>,
+) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(key) = key {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    match body {
+        Some(body) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body),
+        None => b.body(Body::empty()),
+    }
+    .expect("valid request")
+}
+
+impl Harness {
+    pub(super) async fn send(&self, req: Request<Body>) -> Reply {
+        let res = app(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible router");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub(super) async fn get(&self, uri: &str, key: Option<&str>) -> Reply {
+        self.send(request(Method::GET, uri, key, None)).await
+    }
+
+    pub(super) async fn delete(&self, uri: &str, key: Option<&str>) -> Reply {
+        self.send(request(Method::DELETE, uri, key, None)).await
+    }
+
+    pub(super) async fn post(&self, uri: &str, key: Option<&str>, body: &Value) -> Reply {
+        let body = Body::from(serde_json::to_vec(body).expect("JSON"));
+        self.send(request(Method::POST, uri, key, Some(body))).await
+    }
+
+    pub(super) async fn post_raw(&self, key: Option<&str>, body: impl Into<Body>) -> Reply {
+        self.send(request(Method::POST, "/v1/jobs", key, Some(body.into())))
+            .await
+    }
+
+    /// A new API key's secret and id.
+    pub(super) async fn key(
+        &self,
+        rate_per_sec: Option<u32>,
+        max_queued: Option<u32>,
+    ) -> (String, String) {
+        let (key, secret) = crate::keys::create(&*self.svc.store, "test", rate_per_sec, max_queued)
+            .await
+            .expect("create key");
+        (secret, key.id)
+    }
+
+    /// Submits a valid job and returns its id.
+    pub(super) async fn submit(&self, key: &str) -> JobId {
+        let r = self.post("/v1/jobs", Some(key), &hello()).await;
+        r.assert_status(StatusCode::ACCEPTED);
+        r.json()["id"].as_str().expect("id").parse().expect("uuid")
+    }
+}
+
+pub(super) fn hello() -> Value {
+    json!({"language": "python", "code": "print('hello')"})
+}
+
+pub(super) fn ids(list: &Value) -> Vec<String> {
+    list["jobs"]
+        .as_array()
+        .expect("jobs array")
+        .iter()
+        .map(|j| j["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+mod access;
+mod service;
+mod submit;
