@@ -64,9 +64,9 @@ pub async fn run(b: ApiBench, language: &str, code: &str) -> anyhow::Result<Vec<
         jobs: b.jobs.min(10),
     };
     Ok(vec![
-        one(paced, language, code, "warm, one job at a time", 1, true).await?,
-        one(b, language, code, "warm", b.clients, false).await?,
-        one(b, language, code, "empty", 0, false).await?,
+        one(paced, language, code, "pool of 1 kept full, one job at a time", 1, true).await?,
+        one(b, language, code, "pool as large as the clients", b.clients, false).await?,
+        one(b, language, code, "no pool: every job boots its VM", 0, false).await?,
     ])
 }
 
@@ -180,7 +180,7 @@ async fn one(
 pub fn print(results: &[ApiResult]) {
     for r in results {
         println!(
-            "\nAPI, {} pool: {} {} hello-world jobs, {} clients: {:.2} jobs/s, {} failed",
+            "\nAPI, {}: {} {} hello-world jobs, {} clients: {:.2} jobs/s, {} failed",
             r.pool, r.jobs, r.language, r.clients, r.throughput_jobs_per_s, r.failed
         );
         println!(
