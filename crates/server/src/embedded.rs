@@ -14,6 +14,7 @@ use crate::pool::Pools;
 use crate::queue::memory::MemoryQueue;
 use crate::state::Services;
 use crate::store::sqlite::SqliteStore;
+use crate::store::JobStore;
 use crate::webhook::{RetryPolicy, WebhookSender};
 
 /// Everything `ignis serve` runs on, from a configuration.
@@ -22,20 +23,34 @@ pub async fn services(cfg: ServerConfig, paths: Paths) -> anyhow::Result<Arc<Ser
         SqliteStore::open(&cfg.data_dir.join("ignis.db")).context("opening the job database")?;
     let launcher = Launcher::new(paths).await?;
     let secret = webhook_secret(&cfg.data_dir)?;
+    Ok(assemble(cfg, launcher, Arc::new(store), secret))
+}
+
+/// The services over a given launcher and store, with the in-process queue.
+pub fn assemble(
+    cfg: ServerConfig,
+    launcher: Launcher,
+    store: Arc<dyn JobStore>,
+    webhook_secret: Vec<u8>,
+) -> Arc<Services> {
     let metrics = Arc::new(Metrics::new());
     for language in launcher.catalog.languages.keys() {
         metrics.add_language(language);
     }
     let pools = Pools::new(launcher, cfg.pool.clone(), metrics.clone());
-    let webhooks = WebhookSender::new(secret, cfg.allow_private_webhooks, RetryPolicy::default());
-    Ok(Arc::new(Services::new(
+    let webhooks = WebhookSender::new(
+        webhook_secret,
+        cfg.allow_private_webhooks,
+        RetryPolicy::default(),
+    );
+    Arc::new(Services::new(
         cfg,
-        Arc::new(store),
+        store,
         Arc::new(MemoryQueue::new()),
         pools,
         metrics,
         webhooks,
-    )))
+    ))
 }
 
 /// The key webhooks are signed with: made once, kept in the data directory.

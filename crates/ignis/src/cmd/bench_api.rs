@@ -64,9 +64,33 @@ pub async fn run(b: ApiBench, language: &str, code: &str) -> anyhow::Result<Vec<
         jobs: b.jobs.min(10),
     };
     Ok(vec![
-        one(paced, language, code, "pool of 1 kept full, one job at a time", 1, true).await?,
-        one(b, language, code, "pool as large as the clients", b.clients, false).await?,
-        one(b, language, code, "no pool: every job boots its VM", 0, false).await?,
+        one(
+            paced,
+            language,
+            code,
+            "pool of 1 kept full, one job at a time",
+            1,
+            true,
+        )
+        .await?,
+        one(
+            b,
+            language,
+            code,
+            "pool as large as the clients",
+            b.clients,
+            false,
+        )
+        .await?,
+        one(
+            b,
+            language,
+            code,
+            "no pool: every job boots its VM",
+            0,
+            false,
+        )
+        .await?,
     ])
 }
 

@@ -24,12 +24,8 @@ use tower::ServiceExt;
 use super::{app, AppState, BODY_LIMIT};
 use crate::config::{PoolConfig, ServerConfig};
 use crate::job::{JobId, JobStatus};
-use crate::metrics::Metrics;
-use crate::pool::Pools;
-use crate::queue::memory::MemoryQueue;
 use crate::state::Services;
 use crate::store::sqlite::SqliteStore;
-use crate::webhook::{RetryPolicy, WebhookSender};
 
 pub(super) const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -89,22 +85,12 @@ pub(super) fn harness_with(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
     };
     tweak(&mut cfg);
     let store = SqliteStore::open(&dir.path().join("ignis.db")).expect("open store");
-    let metrics = Arc::new(Metrics::new());
-    metrics.add_language("python");
-    let pools = Pools::new(fake_launcher(dir.path()), cfg.pool.clone(), metrics.clone());
-    let webhooks = WebhookSender::new(
-        b"secret".to_vec(),
-        cfg.allow_private_webhooks,
-        RetryPolicy::default(),
-    );
-    let svc = Arc::new(Services::new(
+    let svc = crate::embedded::assemble(
         cfg,
+        fake_launcher(dir.path()),
         Arc::new(store),
-        Arc::new(MemoryQueue::new()),
-        pools,
-        metrics,
-        webhooks,
-    ));
+        b"secret".to_vec(),
+    );
     Harness {
         _dir: dir,
         state: AppState::new(svc.clone()),
