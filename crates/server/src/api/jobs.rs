@@ -118,6 +118,13 @@ pub async fn create(
     {
         tracing::error!(job = %job.id, "queue: {e}");
         let _ = svc.store.cancel(&job.owner, job.id, Utc::now()).await;
+        // Not accepted: close its event channel, but send no webhook.
+        svc.hub.finish(
+            job.id,
+            JobEvent::Status {
+                status: JobStatus::Canceled,
+            },
+        );
         return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "queue-unavailable",
