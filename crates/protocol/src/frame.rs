@@ -126,11 +126,17 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let body = br#"{"v":1,"msg":{"type":"pong","extra":1}}"#;
-        assert!(matches!(
-            decode::<GuestMessage>(body),
-            Err(FrameError::Malformed(_))
-        ));
+        for body in [
+            &br#"{"v":1,"msg":{"type":"phase","phase":"running","extra":1}}"#[..],
+            br#"{"v":1,"msg":{"type":"pong"},"extra":1}"#,
+            br#"{"v":1,"msg":{"type":"result","status":"ok","exit_code":0,"signal":null,"compile_output":null,"compile_ms":null,"duration_ms":1,"cpu_ms":1,"memory_kib":1,"stdout_truncated":false,"stderr_truncated":false,"message":null,"extra":1}}"#,
+        ] {
+            assert!(
+                matches!(decode::<GuestMessage>(body), Err(FrameError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
