@@ -136,11 +136,17 @@ pub async fn create(
     svc.metrics.set_queue_depth(svc.queue.depth());
     let location = format!("/v1/jobs/{}", job.id);
     if let Some((_, mut rx)) = sub {
+        // A stopping server answers at once (202) rather than holding its
+        // own shutdown up for the whole wait.
+        let shutdown = svc.shutdown.clone();
         let waited = tokio::time::timeout(svc.config.wait_max, async {
             loop {
-                match rx.recv().await {
-                    Ok(JobEvent::Result { .. }) | Err(_) => return,
-                    Ok(_) => {}
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(JobEvent::Result { .. }) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    () = shutdown.cancelled() => return,
                 }
             }
         })

@@ -54,7 +54,8 @@ pub async fn events(
         .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     let events: BoxStream<'static, JobEvent> = match svc.hub.subscribe(id) {
         Some((history, rx)) => {
-            // A lagging client gets what it missed reported as an end, not a gap.
+            // A client too slow to keep up is cut off rather than shown a
+            // gap; reconnecting replays the whole history.
             let live = BroadcastStream::new(rx)
                 .take_while(|r| futures::future::ready(r.is_ok()))
                 .filter_map(|r| futures::future::ready(r.ok()));
