@@ -82,7 +82,44 @@ fn hash(parts: &[&[u8]]) -> String {
         .collect()
 }
 
+/// Every command an image build runs goes through here, so that the build's
+/// caching can be tested with a recording fake instead of debootstrap.
+pub trait BuildHost {
+    /// Runs `cmd` to completion; its stdout and stderr on success.
+    fn exec(&self, cmd: &mut Command, what: &str) -> Result<String, BuildError>;
+}
+
+/// The real thing: runs the commands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealHost;
+
+impl BuildHost for RealHost {
+    fn exec(&self, cmd: &mut Command, what: &str) -> Result<String, BuildError> {
+        let out = cmd.output().map_err(|e| BuildError::Command {
+            what: what.into(),
+            detail: e.to_string(),
+        })?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            return Err(BuildError::Command {
+                what: what.into(),
+                detail: format!("{}: {}", out.status, text.trim()),
+            });
+        }
+        Ok(text)
+    }
+}
+
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<Built, BuildError> {
+    build_on(&RealHost, recipe, opts)
+}
+
+pub fn build_on(
+    host: &dyn BuildHost,
+    recipe: &Recipe,
+    opts: &BuildOptions,
+) -> Result<Built, BuildError> {
     let agent = std::fs::read(&opts.agent).map_err(|source| BuildError::Agent {
         path: opts.agent.clone(),
         source,
@@ -108,19 +145,21 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<Built, BuildError> 
         .join(format!("{}-{tree_key}", recipe.name));
     // The marker sits beside the tree, not in it, so it never reaches the image.
     if !tree.with_extension("complete").exists() {
-        make_tree(recipe, &tree, opts)?;
+        make_tree(host, recipe, &tree, opts)?;
     }
     std::fs::create_dir_all(tree.join("etc/ignis"))?;
     std::fs::write(tree.join("etc/ignis/recipe.json"), &recipe_json)?;
     let agent_path = tree.join("sbin/ignis-agent");
     std::fs::write(&agent_path, &agent)?;
     set_mode(&agent_path, 0o755)?;
-    let version = chroot_output(&tree, &recipe.version)?.trim().to_string();
+    let version = chroot_output(host, &tree, &recipe.version)?
+        .trim()
+        .to_string();
 
     std::fs::create_dir_all(&out_dir)?;
     let tmp = out_dir.join("rootfs.ext4.tmp");
-    let size_mib = tree_bytes(&tree)? * 115 / 100 / (1024 * 1024) + 64;
-    run(
+    let size_mib = tree_bytes(host, &tree)? * 115 / 100 / (1024 * 1024) + 64;
+    host.exec(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-O", "^has_journal", "-L"])
             .arg(format!("ignis-{}", recipe.name))
@@ -158,7 +197,12 @@ fn current_manifest(dir: &Path) -> Option<Manifest> {
     (len == m.rootfs_bytes).then_some(m)
 }
 
-fn make_tree(recipe: &Recipe, tree: &Path, opts: &BuildOptions) -> Result<(), BuildError> {
+fn make_tree(
+    host: &dyn BuildHost,
+    recipe: &Recipe,
+    tree: &Path,
+    opts: &BuildOptions,
+) -> Result<(), BuildError> {
     let tmp = tree.with_extension("tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
@@ -184,7 +228,7 @@ fn make_tree(recipe: &Recipe, tree: &Path, opts: &BuildOptions) -> Result<(), Bu
     cmd.arg(SUITE).arg(&tmp).arg(&opts.mirror);
     cmd.stdout(std::fs::File::create(&log)?)
         .stderr(std::fs::File::options().append(true).open(&log)?);
-    run(&mut cmd, "debootstrap")?;
+    host.exec(&mut cmd, "debootstrap")?;
 
     // The unprivileged user every program runs as, and the mount points the
     // agent needs on a read-only root.
@@ -202,8 +246,8 @@ fn make_tree(recipe: &Recipe, tree: &Path, opts: &BuildOptions) -> Result<(), Bu
             recipe.name,
             line.trim().lines().next().unwrap_or("")
         );
-        with_mounts(&tmp, || {
-            chroot_output(&tmp, &["/bin/sh".into(), "-c".into(), line.clone()]).map(drop)
+        with_mounts(host, &tmp, || {
+            chroot_output(host, &tmp, &["/bin/sh".into(), "-c".into(), line.clone()]).map(drop)
         })?;
     }
     // Nothing in the guest reads these; leaving them out shrinks the image.
@@ -231,67 +275,49 @@ fn make_tree(recipe: &Recipe, tree: &Path, opts: &BuildOptions) -> Result<(), Bu
 }
 
 /// Mounts /proc and /dev into the tree for `f`, and unmounts them whatever happens.
-fn with_mounts<T>(tree: &Path, f: impl FnOnce() -> Result<T, BuildError>) -> Result<T, BuildError> {
+fn with_mounts<T>(
+    host: &dyn BuildHost,
+    tree: &Path,
+    f: impl FnOnce() -> Result<T, BuildError>,
+) -> Result<T, BuildError> {
     let proc_dir = tree.join("proc");
     let dev_dir = tree.join("dev");
-    run(
+    host.exec(
         Command::new("mount")
             .args(["-t", "proc", "proc"])
             .arg(&proc_dir),
         "mount proc",
     )?;
-    if let Err(e) = run(
+    if let Err(e) = host.exec(
         Command::new("mount")
             .arg("--bind")
             .arg("/dev")
             .arg(&dev_dir),
         "mount dev",
     ) {
-        let _ = Command::new("umount").arg(&proc_dir).status();
+        let _ = host.exec(Command::new("umount").arg(&proc_dir), "umount proc");
         return Err(e);
     }
     let result = f();
-    let _ = Command::new("umount").arg("-l").arg(&dev_dir).status();
-    let _ = Command::new("umount").arg("-l").arg(&proc_dir).status();
+    let _ = host.exec(Command::new("umount").arg("-l").arg(&dev_dir), "umount dev");
+    let _ = host.exec(
+        Command::new("umount").arg("-l").arg(&proc_dir),
+        "umount proc",
+    );
     result
 }
 
-fn chroot_output(tree: &Path, argv: &[String]) -> Result<String, BuildError> {
-    let out = Command::new("chroot")
-        .arg(tree)
-        .args(argv)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", "/root")
-        .stdin(Stdio::null())
-        .output()?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        return Err(BuildError::Command {
-            what: format!("chroot {argv:?}"),
-            detail: format!("{}: {text}", out.status),
-        });
-    }
-    Ok(text)
-}
-
-fn run(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
-    let out = cmd.output().map_err(|e| BuildError::Command {
-        what: what.into(),
-        detail: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(BuildError::Command {
-            what: what.into(),
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(())
+fn chroot_output(host: &dyn BuildHost, tree: &Path, argv: &[String]) -> Result<String, BuildError> {
+    host.exec(
+        Command::new("chroot")
+            .arg(tree)
+            .args(argv)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            .stdin(Stdio::null()),
+        &format!("chroot {argv:?}"),
+    )
 }
 
 fn append(path: &Path, line: &str) -> std::io::Result<()> {
@@ -310,11 +336,17 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-fn tree_bytes(tree: &Path) -> std::io::Result<u64> {
-    let out = Command::new("du").arg("-sb").arg(tree).output()?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
+fn tree_bytes(host: &dyn BuildHost, tree: &Path) -> Result<u64, BuildError> {
+    let out = host.exec(Command::new("du").arg("-sb").arg(tree), "du")?;
+    out.split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| std::io::Error::other("du gave no size"))
+        .ok_or_else(|| BuildError::Command {
+            what: "du".into(),
+            detail: format!("no size in {out:?}"),
+        })
 }
+
+#[cfg(test)]
+#[path = "build_tests.rs"]
+mod tests;
