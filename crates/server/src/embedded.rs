@@ -61,10 +61,8 @@ fn webhook_secret(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
         return Ok(s.trim().as_bytes().to_vec());
     }
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("reading /dev/urandom")?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let secret = hex::encode(bytes);
     let mut f = std::fs::OpenOptions::new()
         .create_new(true)
         .write(true)

@@ -227,11 +227,7 @@ impl Pools {
 
     /// Ready and booting VMs of a language.
     pub fn sizes(&self, language: &str) -> (usize, usize) {
-        let s = self.inner.lock();
-        (
-            s.ready.get(language).map_or(0, VecDeque::len),
-            s.booting.get(language).copied().unwrap_or(0),
-        )
+        self.inner.lock().sizes(language)
     }
 
     pub fn warm_target(&self) -> usize {
@@ -384,6 +380,14 @@ impl Pools {
 }
 
 impl State {
+    /// Ready and booting VMs of a language.
+    fn sizes(&self, language: &str) -> (usize, usize) {
+        (
+            self.ready.get(language).map_or(0, VecDeque::len),
+            self.booting.get(language).copied().unwrap_or(0),
+        )
+    }
+
     fn fits(&self, cfg: &PoolConfig, mib: u64) -> bool {
         self.used_vms < cfg.max_vms && self.used_mib + mib <= cfg.max_memory_mib
     }
@@ -433,15 +437,11 @@ impl Inner {
     }
 
     fn report(&self, language: &str) {
-        let (ready, booting, leased) = {
+        let ((ready, booting), leased) = {
             let s = self.lock();
             let idle: usize = s.ready.values().map(VecDeque::len).sum::<usize>()
                 + s.booting.values().sum::<usize>();
-            (
-                s.ready.get(language).map_or(0, VecDeque::len),
-                s.booting.get(language).copied().unwrap_or(0),
-                s.used_vms.saturating_sub(idle),
-            )
+            (s.sizes(language), s.used_vms.saturating_sub(idle))
         };
         self.metrics.set_pool(language, ready, booting);
         self.metrics.set_vms_running(leased);
@@ -458,8 +458,8 @@ async fn refill(inner: Arc<Inner>, language: String) {
         let notified = inner.changed.notified();
         let started = {
             let mut s = inner.lock();
-            let have = s.ready.get(&language).map_or(0, VecDeque::len)
-                + s.booting.get(&language).copied().unwrap_or(0);
+            let (ready, booting) = s.sizes(&language);
+            let have = ready + booting;
             let go = have < inner.cfg.warm
                 && s.waiters == 0
                 && s.fits(&inner.cfg, mib)

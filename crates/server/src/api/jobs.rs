@@ -19,7 +19,16 @@ use super::AppState;
 use crate::events::JobEvent;
 use crate::job::{Job, JobId, JobStatus};
 use crate::queue::QueuedJob;
+use crate::state::Services;
 use crate::store::{ListQuery, StoreError};
+
+/// The caller's job `id`; another caller's job is as absent as a missing one.
+pub async fn owned(svc: &Services, caller: &Caller, id: JobId) -> Result<Job, Problem> {
+    svc.store
+        .get(&caller.owner, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no job {id}")))
+}
 
 pub fn parse_id(raw: &str) -> Result<JobId, Problem> {
     JobId::parse_str(raw)
@@ -177,12 +186,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, Problem> {
     let id = parse_id(&id)?;
-    let job = state
-        .svc
-        .store
-        .get(&caller.owner, id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    let job = owned(&state.svc, &caller, id).await?;
     Ok(Json(JobView::from(&job)))
 }
 
@@ -285,10 +289,6 @@ pub async fn cancel(
         }
         Err(e) => return Err(e.into()),
     }
-    let job = svc
-        .store
-        .get(&caller.owner, id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    let job = owned(svc, &caller, id).await?;
     Ok(Json(JobView::from(&job)))
 }

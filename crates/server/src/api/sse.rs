@@ -11,7 +11,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::auth::Caller;
-use super::jobs::parse_id;
+use super::jobs::{owned, parse_id};
 use super::problem::Problem;
 use super::AppState;
 use crate::events::JobEvent;
@@ -47,11 +47,7 @@ pub async fn events(
 ) -> Result<Response, Problem> {
     let id = parse_id(&id)?;
     let svc = &state.svc;
-    let job = svc
-        .store
-        .get(&caller.owner, id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    let job = owned(svc, &caller, id).await?;
     let events: BoxStream<'static, JobEvent> = match svc.hub.subscribe(id) {
         Some((history, rx)) => {
             // A client too slow to keep up is cut off rather than shown a
