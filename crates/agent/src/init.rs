@@ -68,8 +68,7 @@ pub fn setup() -> io::Result<()> {
         "mode=1777",
     )?;
     crate::cgroup::init_root()?;
-    let _ = sys::sethostname("ignis");
-    set_clock_from_cmdline();
+    set_identity_from_cmdline();
     if let Err(e) = sys::loopback_up() {
         crate::log(&format!("loopback stays down: {e}"));
     }
@@ -77,16 +76,41 @@ pub fn setup() -> io::Result<()> {
 }
 
 /// The guest has no RTC driver; the host passes its wall clock on the kernel
-/// command line (`ignis.time=<unix seconds>`) so programs see the real date.
-fn set_clock_from_cmdline() {
+/// command line (`ignis.time=<unix seconds>`) so programs see the real date,
+/// and the VM's id (`ignis.vm=<id>`), which becomes the host name.
+fn set_identity_from_cmdline() {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let secs = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ignis.time="))
-        .and_then(|v| v.parse::<i64>().ok());
-    if let Some(secs) = secs {
-        if let Err(e) = sys::set_realtime(secs) {
+    let param = |name: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    if let Some(secs) = param("ignis.time").and_then(|v| v.parse::<u64>().ok()) {
+        if let Err(e) = sys::set_realtime_ms(secs.saturating_mul(1000)) {
             crate::log(&format!("cannot set the clock: {e}"));
         }
     }
+    let id = param("ignis.vm").unwrap_or_default();
+    if let Err(e) = set_hostname_for(&id) {
+        crate::log(&format!("cannot set the host name: {e}"));
+    }
+}
+
+/// `ignis-<id>` for a valid VM id, plain `ignis` otherwise. An id is short
+/// lower-case hex or digits and dashes: it comes from the host, but a host
+/// name is no place for anything else.
+pub fn set_hostname_for(vm_id: &str) -> std::io::Result<()> {
+    if valid_vm_id(vm_id) {
+        sys::sethostname(&format!("ignis-{vm_id}"))
+    } else {
+        sys::sethostname("ignis")
+    }
+}
+
+pub fn valid_vm_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
 }

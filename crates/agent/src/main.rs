@@ -20,8 +20,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use ignis_protocol::{
-    read_frame, write_frame, FrameError, GuestMessage, HostMessage, Ready, Recipe, GUEST_FRAME_MAX,
-    HOST_FRAME_MAX, RECIPE_PATH,
+    read_frame, write_frame, FrameError, GuestMessage, HostMessage, Ready, Recipe, Resume, Resumed,
+    GUEST_FRAME_MAX, HOST_FRAME_MAX, RECIPE_PATH, RESUME_ENTROPY_BYTES,
 };
 
 /// The unprivileged user programs run as; created in every image.
@@ -37,6 +37,34 @@ fn main() {
         sys::reboot();
     }
     std::process::exit(1);
+}
+
+/// Makes a guest restored from a snapshot unique: fresh kernel randomness,
+/// the host's clock, its own name. Programs start after this, so runtimes
+/// that seed themselves at start-up (Python's `random`, hash seeds, Go's
+/// runtime) seed from the new state. A guest that cannot reseed says so and
+/// the host refuses it; one that cannot get a valid request gives up.
+fn resume(r: Resume) -> Result<Resumed, String> {
+    if r.entropy.len() < RESUME_ENTROPY_BYTES || !init::valid_vm_id(&r.vm_id) {
+        return Err("malformed resume request".into());
+    }
+    let reseeded = match sys::reseed_kernel_rng(&r.entropy) {
+        Ok(()) => true,
+        Err(e) => {
+            log(&format!("cannot reseed the kernel random generator: {e}"));
+            false
+        }
+    };
+    if let Err(e) = sys::set_realtime_ms(r.unix_time_ms) {
+        log(&format!("cannot set the clock: {e}"));
+    }
+    if let Err(e) = init::set_hostname_for(&r.vm_id) {
+        log(&format!("cannot set the host name: {e}"));
+    }
+    Ok(Resumed {
+        vm_id: r.vm_id,
+        reseeded,
+    })
 }
 
 /// Console logging: stderr is the serial console for PID 1.
@@ -70,6 +98,7 @@ fn serve(started: Instant) -> Result<(), String> {
         };
         let reply = match msg {
             HostMessage::Ping => GuestMessage::Pong,
+            HostMessage::Resume(r) => GuestMessage::Resumed(resume(r)?),
             HostMessage::Run(req) => {
                 let mut send = |m: GuestMessage| {
                     write_frame(&mut chan, &m, GUEST_FRAME_MAX)

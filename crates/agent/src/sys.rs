@@ -126,11 +126,43 @@ pub fn reboot() -> ! {
     std::process::abort()
 }
 
-pub fn set_realtime(secs: i64) -> io::Result<()> {
+pub fn set_realtime_ms(ms: u64) -> io::Result<()> {
     let ts = libc::timespec {
-        tv_sec: secs as libc::time_t,
-        tv_nsec: 0,
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
     };
     // SAFETY: a valid timespec for CLOCK_REALTIME.
     check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(drop)
+}
+
+/// `_IOW('R', 0x03, int[2])` and `_IO('R', 0x07)` from <linux/random.h>.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mixes `bytes` into the kernel's input pool, credited as entropy, then
+/// makes the kernel reseed its random generator from that pool at once.
+/// A guest restored from a snapshot would otherwise hand out the same
+/// "random" bytes as every other guest restored from it until its next
+/// scheduled reseed, up to a minute later.
+pub fn reseed_kernel_rng(bytes: &[u8]) -> io::Result<()> {
+    let words = bytes.len().div_ceil(4);
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = vec![0u32; 2 + words];
+    info[0] = (bytes.len() * 8) as u32;
+    info[1] = bytes.len() as u32;
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        info[2 + i] = u32::from_ne_bytes(w);
+    }
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info whose buf_size bytes
+    // follow the two ints; `info` holds exactly that and outlives the call.
+    check(unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) })?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    check(unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG, 0) })?;
+    Ok(())
 }

@@ -127,9 +127,10 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         for body in [
-            &br#"{"v":1,"msg":{"type":"phase","phase":"running","extra":1}}"#[..],
-            br#"{"v":1,"msg":{"type":"pong"},"extra":1}"#,
-            br#"{"v":1,"msg":{"type":"result","status":"ok","exit_code":0,"signal":null,"compile_output":null,"compile_ms":null,"duration_ms":1,"cpu_ms":1,"memory_kib":1,"stdout_truncated":false,"stderr_truncated":false,"message":null,"extra":1}}"#,
+            &br#"{"v":2,"msg":{"type":"phase","phase":"running","extra":1}}"#[..],
+            br#"{"v":2,"msg":{"type":"pong"},"extra":1}"#,
+            br#"{"v":2,"msg":{"type":"result","status":"ok","exit_code":0,"signal":null,"compile_output":null,"compile_ms":null,"duration_ms":1,"cpu_ms":1,"memory_kib":1,"stdout_truncated":false,"stderr_truncated":false,"message":null,"extra":1}}"#,
+            br#"{"v":2,"msg":{"type":"resumed","vm_id":"a","reseeded":true,"extra":1}}"#,
         ] {
             assert!(
                 matches!(decode::<GuestMessage>(body), Err(FrameError::Malformed(_))),
@@ -137,6 +138,23 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn a_resume_round_trips_and_refuses_unknown_fields() {
+        let msg = crate::HostMessage::Resume(crate::Resume {
+            entropy: vec![0, 255, 7],
+            unix_time_ms: 1_800_000_000_123,
+            vm_id: "0123456789ab".into(),
+        });
+        let frame = encode(&msg, HOST_FRAME_MAX).expect("encode");
+        let back: crate::HostMessage = decode(&frame[LEN_PREFIX..]).expect("decode");
+        assert_eq!(back, msg);
+        let body = br#"{"v":2,"msg":{"type":"resume","entropy":"AA==","unix_time_ms":1,"vm_id":"x","extra":1}}"#;
+        assert!(matches!(
+            decode::<crate::HostMessage>(body),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

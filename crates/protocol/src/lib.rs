@@ -19,19 +19,23 @@ pub use frame::{
     HOST_FRAME_MAX, LEN_PREFIX,
 };
 pub use message::{
-    Envelope, File, GuestMessage, HostMessage, Limits, Phase, Ready, RunOutcome, RunRequest,
-    Stream, Verdict,
+    Envelope, File, GuestMessage, HostMessage, Limits, Phase, Ready, Resume, Resumed, RunOutcome,
+    RunRequest, Stream, Verdict,
 };
 pub use names::{validate_file_name, validate_files, FileNameError};
 
 /// Bumped whenever a message changes shape; both sides refuse other versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The virtio-serial port name (QEMU) the agent looks for.
 pub const SERIAL_PORT_NAME: &str = "ignis.0";
 
 /// The vsock port the agent connects to on the host (CID 2) under Firecracker.
 pub const VSOCK_PORT: u32 = 1024;
+
+/// Bytes of host entropy a restored guest receives (256 bits of seed and
+/// some to spare); the agent refuses a `Resume` with fewer.
+pub const RESUME_ENTROPY_BYTES: usize = 64;
 
 /// Largest chunk of program output the agent puts into one `Output` message.
 pub const OUTPUT_CHUNK_MAX: usize = 32 * 1024;

@@ -21,6 +21,25 @@ pub enum HostMessage {
     Run(RunRequest),
     /// Liveness check; the agent answers `Pong`.
     Ping,
+    /// The first message to a guest restored from a snapshot, before any
+    /// run. Every VM restored from one snapshot wakes up with the same
+    /// kernel random state, clock and name; this makes it unique. The agent
+    /// answers `Resumed`.
+    Resume(Resume),
+}
+
+/// What a restored guest needs from the host to stop being a copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// Fresh random bytes from the host, mixed into the guest kernel's
+    /// entropy pool, after which its random generator is reseeded.
+    #[serde(with = "crate::bytes")]
+    pub entropy: Vec<u8>,
+    /// The host's wall clock, in milliseconds since the Unix epoch.
+    pub unix_time_ms: u64,
+    /// This VM's own id; the guest takes it as its host name.
+    pub vm_id: String,
 }
 
 /// One program to run. The first file is the entry point.
@@ -93,6 +112,17 @@ pub enum GuestMessage {
     Result(RunOutcome),
     /// Answer to `Ping`.
     Pong,
+    /// Answer to `Resume`: the guest took the entropy, clock and id.
+    Resumed(Resumed),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resumed {
+    /// The id the host sent, echoed: proof the message reached this guest.
+    pub vm_id: String,
+    /// Whether the guest kernel's random generator was reseeded.
+    pub reseeded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
