@@ -5,15 +5,16 @@
 //! its whole timeout.
 
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::driver::qemu::Qemu;
+use crate::driver::Accel;
 use crate::image::{KernelImage, LanguageImage};
+use crate::lock::FileLock;
 use crate::paths::Paths;
-use crate::qemu::Accel;
-use crate::vm::{Vm, VmConfig};
+use crate::vm::{Origin, Vm, VmConfig};
 
 /// How long a KVM guest may take to reach Ready before KVM is judged unusable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -90,7 +91,9 @@ async fn probe(paths: &Paths, kernel: &KernelImage, image: Option<&LanguageImage
     let record_path = paths.cache().join("accel-probe.json");
     let _ = std::fs::create_dir_all(paths.cache());
     // Concurrent first runs (parallel tests, a server and a CLI) probe once.
-    let _lock = FileLock::acquire(&paths.cache().join("accel-probe.lock"));
+    let _lock = FileLock::exclusive(&paths.cache().join("accel-probe.lock"))
+        .await
+        .map_err(|e| tracing::warn!("probing KVM without the probe lock: {e}"));
     if let Some(r) = std::fs::read(&record_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<ProbeRecord>(&b).ok())
@@ -104,11 +107,11 @@ async fn probe(paths: &Paths, kernel: &KernelImage, image: Option<&LanguageImage
         image.name(),
         PROBE_TIMEOUT.as_secs()
     );
-    let mut cfg = VmConfig::new(kernel.clone(), image.clone(), Accel::Kvm, paths);
+    let mut cfg = VmConfig::new(kernel.clone(), image.clone(), paths);
     cfg.boot_timeout = PROBE_TIMEOUT;
-    let choice = match Vm::boot(&cfg).await {
+    let choice = match Vm::start(&Qemu::from_path(Accel::Kvm), &cfg, Origin::Boot).await {
         Ok(vm) => {
-            let ms = vm.info().boot_ms;
+            let ms = vm.info().ready_ms;
             vm.destroy().await;
             AccelChoice {
                 accel: Accel::Kvm,
@@ -128,32 +131,4 @@ async fn probe(paths: &Paths, kernel: &KernelImage, image: Option<&LanguageImage
         let _ = std::fs::write(&record_path, bytes);
     }
     choice
-}
-
-/// An exclusive flock held for its lifetime (best effort: no lock, no wait).
-struct FileLock(Option<std::fs::File>);
-
-impl FileLock {
-    fn acquire(path: &Path) -> FileLock {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ok();
-        if let Some(f) = &f {
-            // SAFETY: flock on a descriptor we own; blocks until granted.
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        }
-        FileLock(f)
-    }
-}
-
-impl Drop for FileLock {
-    fn drop(&mut self) {
-        if let Some(f) = &self.0 {
-            // SAFETY: unlocking a descriptor we own.
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-        }
-    }
 }

@@ -11,6 +11,8 @@ pub struct Paths {
     pub images: PathBuf,
     /// Parent of per-VM directories (`IGNIS_RUN_DIR`, default `/run/ignis`).
     pub runtime: PathBuf,
+    /// Saved guests (`IGNIS_SNAPSHOT_DIR`, default `<home>/snapshots`).
+    pub snapshots: PathBuf,
 }
 
 impl Paths {
@@ -25,6 +27,9 @@ impl Paths {
         if let Some(dir) = std::env::var_os("IGNIS_RUN_DIR") {
             p.runtime = PathBuf::from(dir);
         }
+        if let Some(dir) = std::env::var_os("IGNIS_SNAPSHOT_DIR") {
+            p.snapshots = PathBuf::from(dir);
+        }
         p
     }
 
@@ -33,6 +38,7 @@ impl Paths {
         Paths {
             images: home.join("images"),
             runtime: default_runtime(),
+            snapshots: home.join("snapshots"),
             home,
         }
     }
@@ -50,6 +56,11 @@ impl Paths {
     /// Console logs of VMs that failed, kept for a post-mortem.
     pub fn logs(&self) -> PathBuf {
         self.home.join("logs")
+    }
+
+    /// Snapshots of warmed guests, one per language and VM shape.
+    pub fn snapshots(&self) -> PathBuf {
+        self.snapshots.clone()
     }
 
     /// Per-VM directories (sockets).

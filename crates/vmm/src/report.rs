@@ -6,7 +6,7 @@ use std::time::Duration;
 use ignis_protocol::{RunRequest, Verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::qemu::Accel;
+use crate::driver::Accel;
 use crate::vm::{Execution, RunEvent, Vm, VmInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +37,10 @@ pub struct VmReport {
     pub id: String,
     pub driver: String,
     pub accel: Accel,
-    /// From starting the monitor to the agent's Ready.
+    /// From starting the VMM to a guest ready for the run.
     pub ready_ms: u64,
+    /// Restored from a snapshot rather than booted.
+    pub restored: bool,
     pub runtime_version: String,
 }
 
@@ -48,7 +50,8 @@ impl From<&VmInfo> for VmReport {
             id: i.id.clone(),
             driver: i.driver.to_string(),
             accel: i.accel,
-            ready_ms: i.boot_ms,
+            ready_ms: i.ready_ms,
+            restored: i.restored,
             runtime_version: i.runtime_version.clone(),
         }
     }

@@ -1,57 +1,75 @@
-//! One microVM, from boot to teardown.
+//! One microVM, from start to teardown, on any driver.
 //!
-//! A [`Vm`] is booted, takes exactly one run, and is destroyed. Its state is
-//! an enum and asking for something the state does not allow is a typed
-//! error. Teardown kills the monitor process and removes every per-VM file,
-//! whichever way the VM ended; the console log is kept only on failure.
+//! A [`Vm`] is started (booted, or restored from a snapshot), takes exactly
+//! one run, and is destroyed. Its state is an enum and asking for something
+//! the state does not allow is a typed error. Teardown kills the VMM and
+//! removes every per-VM file, whichever way the VM ended; the console log is
+//! kept only on failure.
+
+mod collect;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ignis_protocol::{
-    FrameError, GuestMessage, HostMessage, Phase, Ready, RunOutcome, RunRequest, Stream,
+    FrameError, GuestMessage, HostMessage, Ready, Resume, RunOutcome, RunRequest, Stream,
+    RESUME_ENTROPY_BYTES,
 };
 use serde::Serialize;
-use tokio::net::{UnixListener, UnixStream};
-use tokio::process::{Child, Command};
 
 use crate::agent::AgentConn;
-use crate::console::Console;
+use crate::driver::{
+    qemu::host_tsc_khz, Accel, AgentStream, Driver, DriverError, GuestMemory, GuestParams, Machine,
+    MachineSpec, SnapshotFiles,
+};
 use crate::image::{KernelImage, LanguageImage};
-use crate::qemu::{self, Accel, QemuConfig};
+use crate::memory::HostMemory;
+use crate::snapshot::Snapshot;
+use collect::Collected;
 
-/// Everything needed to boot one VM.
+/// Everything needed to start one VM, whatever the driver.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: KernelImage,
     pub image: LanguageImage,
-    pub accel: Accel,
+    /// How long a boot may take to reach the agent's Ready.
     pub boot_timeout: Duration,
+    /// How long a restored guest may take to answer.
+    pub restore_timeout: Duration,
     /// Parent of the per-VM directories.
     pub runtime_dir: PathBuf,
     /// Where console logs of failed VMs are kept.
     pub log_dir: PathBuf,
-    pub qemu_binary: PathBuf,
+    /// The wall clock a booting guest starts with, in seconds since the
+    /// epoch; `None` is now. Tests set it to prove that a restored guest
+    /// takes the host's clock rather than the one it was saved with.
+    pub guest_time: Option<u64>,
 }
 
 impl VmConfig {
-    pub fn new(
-        kernel: KernelImage,
-        image: LanguageImage,
-        accel: Accel,
-        paths: &crate::paths::Paths,
-    ) -> Self {
+    pub fn new(kernel: KernelImage, image: LanguageImage, paths: &crate::paths::Paths) -> Self {
         VmConfig {
             kernel,
             image,
-            accel,
             boot_timeout: Duration::from_secs(60),
+            restore_timeout: Duration::from_secs(15),
             runtime_dir: paths.runtime(),
             log_dir: paths.logs(),
-            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            guest_time: None,
         }
     }
+}
+
+/// How a VM comes to life.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A fresh boot of the kernel.
+    Boot,
+    /// A fresh boot whose RAM lives in `memory_file`, to be saved as a
+    /// snapshot with [`Vm::save`].
+    SnapshotSource { memory_file: &'a Path },
+    /// A copy of a saved guest.
+    Restore(&'a Snapshot),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,6 +81,8 @@ pub enum VmState {
     Running,
     /// The run ended; the VM only waits to be destroyed.
     Finished,
+    /// Paused for good and saved as a snapshot; only destroy remains.
+    Saved,
     /// Something went wrong; the VM only waits to be destroyed (log kept).
     Failed,
 }
@@ -73,8 +93,10 @@ pub struct VmInfo {
     pub id: String,
     pub driver: &'static str,
     pub accel: Accel,
-    /// From starting the monitor process to the agent's Ready, host-measured.
-    pub boot_ms: u64,
+    /// From starting the VMM to a guest ready for a run, host-measured.
+    pub ready_ms: u64,
+    /// Restored from a snapshot rather than booted.
+    pub restored: bool,
     pub language: String,
     pub runtime_version: String,
     /// The language compiles before it runs (the host allows for it).
@@ -84,7 +106,7 @@ pub struct VmInfo {
 /// Something that happens during a run, as it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEvent {
-    Phase(Phase),
+    Phase(ignis_protocol::Phase),
     Output(Stream, Vec<u8>),
 }
 
@@ -115,22 +137,19 @@ pub enum BootError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot start {binary}: {source}")]
-    Spawn {
-        binary: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the VM monitor exited during boot ({status}); {log}")]
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("the VM monitor exited during start-up ({status}); {log}")]
     Exited { status: String, log: LogRef },
     #[error("the agent did not become ready within {ms} ms; {log}")]
     Timeout { ms: u64, log: LogRef },
-    #[error("the agent misbehaved during boot: {detail}; {log}")]
+    #[error("the agent misbehaved during start-up: {detail}; {log}")]
     Protocol { detail: String, log: LogRef },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("the VM is {0:?}; a run needs a ready VM")]
+    #[error("the VM is {0:?}; this needs a ready VM")]
     NotReady(VmState),
     #[error("the agent did not finish within {ms} ms")]
     Timeout { ms: u64 },
@@ -142,14 +161,23 @@ pub enum RunError {
     Channel(FrameError),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("the VM is {0:?}; only a ready VM that never ran a program can be saved")]
+    NotAllowed(VmState),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
 #[derive(Debug)]
 pub struct Vm {
+    // Field order matters on drop: the VMM dies before its directory goes.
+    machine: Box<dyn Machine>,
+    conn: AgentConn<AgentStream>,
+    _dir: VmDir,
     id: String,
-    dir: PathBuf,
     log_dir: PathBuf,
-    child: Child,
-    conn: AgentConn<UnixStream>,
-    console: Console,
+    guest: GuestParams,
     info: VmInfo,
     state: VmState,
 }
@@ -158,101 +186,113 @@ pub struct Vm {
 const VERSION_MAX: usize = 200;
 
 impl Vm {
-    pub async fn boot(cfg: &VmConfig) -> Result<Vm, BootError> {
+    /// Starts a VM: prepare its directory, spawn the VMM, shake hands with
+    /// the agent, ready. Any failure kills the VMM, keeps its console log
+    /// and removes the directory.
+    pub async fn start(
+        driver: &dyn Driver,
+        cfg: &VmConfig,
+        origin: Origin<'_>,
+    ) -> Result<Vm, BootError> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let dir = cfg.runtime_dir.join(format!("vm-{id}"));
-        let setup = |source| BootError::Setup {
-            path: dir.clone(),
-            source,
+        let dir = VmDir::create(&cfg.runtime_dir, &id)?;
+        let guest = match origin {
+            Origin::Restore(snap) => snap.meta.guest.clone(),
+            Origin::Boot | Origin::SnapshotSource { .. } => GuestParams {
+                vm_id: id.clone(),
+                unix_time: cfg.guest_time.unwrap_or_else(|| unix_now().as_secs()),
+                tsc_khz: host_tsc_khz(),
+            },
         };
-        std::fs::create_dir_all(&cfg.runtime_dir).map_err(setup)?;
-        std::fs::create_dir(&dir).map_err(setup)?;
-        let mut guard = DirGuard(Some(dir.clone()));
-        let socket = dir.join("agent.sock");
-        let listener = UnixListener::bind(&socket).map_err(setup)?;
-
-        let qcfg = QemuConfig {
+        let spec = MachineSpec {
+            dir: &dir.0,
             kernel: &cfg.kernel.path,
             rootfs: &cfg.image.rootfs,
             memory_mib: cfg.image.manifest.vm_memory_mib,
-            accel: cfg.accel,
-            agent_socket: &socket,
-            tsc_khz: qemu::host_tsc_khz(),
-            unix_time: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            guest: &guest,
         };
         let started = Instant::now();
-        let mut child = Command::new(&cfg.qemu_binary)
-            .args(qemu::qemu_args(&qcfg))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| BootError::Spawn {
-                binary: cfg.qemu_binary.clone(),
-                source,
-            })?;
-        let console = Console::default();
-        if let Some(out) = child.stdout.take() {
-            console.capture(out);
-        }
-        if let Some(err) = child.stderr.take() {
-            console.capture(err);
-        }
-        tracing::info!(vm = %id, accel = %cfg.accel, language = cfg.image.name(), "booting VM with qemu");
-
-        let waited = tokio::time::timeout(cfg.boot_timeout, async {
-            tokio::select! {
-                status = child.wait() => Err(BootFailure::Exited(
-                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                )),
-                ready = accept_ready(&listener) => ready,
+        let mut machine = match origin {
+            Origin::Boot => driver.start(&spec, GuestMemory::Anonymous).await?,
+            Origin::SnapshotSource { memory_file } => {
+                driver
+                    .start(&spec, GuestMemory::SnapshotSource(memory_file))
+                    .await?
             }
-        })
-        .await;
-        let failure = match waited {
-            Ok(Ok((conn, ready))) => match check_ready(&ready, cfg.image.name()) {
-                Ok(()) => {
-                    guard.0 = None;
-                    let boot_ms = started.elapsed().as_millis() as u64;
-                    tracing::info!(vm = %id, boot_ms, guest_uptime_ms = ready.uptime_ms, "VM ready");
-                    return Ok(Vm {
-                        info: VmInfo {
-                            id: id.clone(),
-                            driver: "qemu",
-                            accel: cfg.accel,
-                            boot_ms,
-                            language: ready.language,
-                            runtime_version: ready.runtime_version,
-                            compiled: cfg.image.manifest.compiled,
-                        },
-                        id,
-                        dir,
-                        log_dir: cfg.log_dir.clone(),
-                        child,
-                        conn,
-                        console,
-                        state: VmState::Ready,
-                    });
-                }
-                Err(detail) => BootFailure::Protocol(detail),
-            },
-            Ok(Err(f)) => f,
-            Err(_) => BootFailure::Timeout,
+            Origin::Restore(snap) => driver.restore(&spec, snap.files()).await?,
         };
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        let log = LogRef(keep_log(&cfg.log_dir, &id, &console, &failure.to_string()));
-        drop(guard);
-        Err(match failure {
-            BootFailure::Exited(status) => BootError::Exited { status, log },
-            BootFailure::Timeout => BootError::Timeout {
-                ms: cfg.boot_timeout.as_millis() as u64,
-                log,
+        let restored = matches!(origin, Origin::Restore(_));
+        tracing::info!(vm = %id, driver = driver.name(), restored, language = cfg.image.name(), "starting VM");
+
+        let timeout = if restored {
+            cfg.restore_timeout
+        } else {
+            cfg.boot_timeout
+        };
+        let agent = machine.agent();
+        let handshake = async {
+            let stream = agent.await.map_err(|e| Failure::Protocol(e.to_string()))?;
+            let mut conn = AgentConn::new(stream);
+            let version = match origin {
+                Origin::Restore(snap) => {
+                    resume(&mut conn, &id).await?;
+                    snap.meta.runtime_version.clone()
+                }
+                Origin::Boot | Origin::SnapshotSource { .. } => {
+                    let ready = expect_ready(&mut conn).await?;
+                    check_ready(&ready, cfg.image.name()).map_err(Failure::Protocol)?;
+                    ready.runtime_version
+                }
+            };
+            Ok((conn, version))
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(timeout, handshake) => r.unwrap_or(Err(Failure::Timeout)),
+            status = machine.exited() => Err(Failure::Exited(status)),
+        };
+        // A channel that closed usually means the VMM died: say how.
+        let outcome = match outcome {
+            Err(Failure::Channel(detail)) => Err(
+                match tokio::time::timeout(EXIT_GRACE, machine.exited()).await {
+                    Ok(status) => Failure::Exited(status),
+                    Err(_) => Failure::Protocol(detail),
+                },
+            ),
+            other => other,
+        };
+        let (conn, runtime_version) = match outcome {
+            Ok(ok) => ok,
+            Err(failure) => {
+                machine.stop().await;
+                let log = LogRef(keep_log(
+                    &cfg.log_dir,
+                    &id,
+                    machine.as_ref(),
+                    &failure.to_string(),
+                ));
+                return Err(failure.into_error(timeout, log));
+            }
+        };
+        let ready_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(vm = %id, ready_ms, restored, "VM ready");
+        Ok(Vm {
+            info: VmInfo {
+                id: id.clone(),
+                driver: driver.name(),
+                accel: driver.accel(),
+                ready_ms,
+                restored,
+                language: cfg.image.name().to_owned(),
+                runtime_version,
+                compiled: cfg.image.manifest.compiled,
             },
-            BootFailure::Protocol(detail) => BootError::Protocol { detail, log },
+            machine,
+            conn,
+            _dir: dir,
+            id,
+            log_dir: cfg.log_dir.clone(),
+            guest,
+            state: VmState::Ready,
         })
     }
 
@@ -264,17 +304,33 @@ impl Vm {
         self.state
     }
 
+    /// What the guest's kernel command line said at boot (for a restored
+    /// VM: at the boot of the guest it was saved from).
+    pub fn guest(&self) -> &GuestParams {
+        &self.guest
+    }
+
+    /// The VMM's process id on the host, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.machine.pid()
+    }
+
+    /// What the VMM process costs the host right now.
+    pub fn host_memory(&self) -> Option<HostMemory> {
+        crate::memory::of_process(self.machine.pid()?).ok()
+    }
+
     /// Liveness check: the agent answers a ping.
     pub async fn ping(&mut self, timeout: Duration) -> Result<(), RunError> {
         if !matches!(self.state, VmState::Ready | VmState::Finished) {
             return Err(RunError::NotReady(self.state));
         }
+        let conn = &mut self.conn;
         let r = tokio::time::timeout(timeout, async {
-            self.conn
-                .send(&HostMessage::Ping)
+            conn.send(&HostMessage::Ping)
                 .await
                 .map_err(RunError::Channel)?;
-            match self.conn.recv().await.map_err(RunError::Channel)? {
+            match conn.recv().await.map_err(RunError::Channel)? {
                 GuestMessage::Pong => Ok(()),
                 other => Err(RunError::Protocol(format!(
                     "expected pong, got {}",
@@ -306,15 +362,14 @@ impl Vm {
         }
         self.state = VmState::Running;
         let cap = req.limits.max_output_kib.saturating_mul(1024) as usize;
-        let (conn, child) = (&mut self.conn, &mut self.child);
+        let (conn, machine) = (&mut self.conn, &mut self.machine);
         let exchange = async {
             conn.send(&HostMessage::Run(req))
                 .await
                 .map_err(RunError::Channel)?;
             let mut out = Collected::new(cap);
             loop {
-                let msg = conn.recv().await.map_err(RunError::Channel)?;
-                match msg {
+                match conn.recv().await.map_err(RunError::Channel)? {
                     GuestMessage::Phase { phase } => {
                         out.phase(phase)?;
                         on_event(RunEvent::Phase(phase));
@@ -335,9 +390,7 @@ impl Vm {
         };
         let result = tokio::select! {
             r = tokio::time::timeout(deadline, exchange) => r.unwrap_or(Err(RunError::Timeout { ms: deadline.as_millis() as u64 })),
-            status = child.wait() => Err(RunError::Exited {
-                status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-            }),
+            status = machine.exited() => Err(RunError::Exited { status }),
         };
         self.state = if result.is_ok() {
             VmState::Finished
@@ -347,15 +400,37 @@ impl Vm {
         result
     }
 
+    /// Pauses the guest for good and has the driver write its state into
+    /// `into` (the snapshot being built). Only a VM started as a snapshot
+    /// source that never ran a program can be saved; afterwards it can only
+    /// be destroyed.
+    pub async fn save(&mut self, into: SnapshotFiles<'_>) -> Result<(), SaveError> {
+        if self.state != VmState::Ready {
+            return Err(SaveError::NotAllowed(self.state));
+        }
+        let r = self.machine.snapshot(into).await;
+        self.state = if r.is_ok() {
+            VmState::Saved
+        } else {
+            VmState::Failed
+        };
+        Ok(r?)
+    }
+
     /// Kills the VM and removes its files. Returns where the console log was
     /// kept, if the VM had failed.
     pub async fn destroy(mut self) -> Option<PathBuf> {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        self.machine.stop().await;
         let log = (self.state == VmState::Failed)
-            .then(|| keep_log(&self.log_dir, &self.id, &self.console, "the VM failed"))
+            .then(|| {
+                keep_log(
+                    &self.log_dir,
+                    &self.id,
+                    self.machine.as_ref(),
+                    "the VM failed",
+                )
+            })
             .flatten();
-        let _ = std::fs::remove_dir_all(&self.dir);
         tracing::debug!(vm = %self.id, "VM destroyed");
         log
     }
@@ -363,45 +438,119 @@ impl Vm {
 
 impl Drop for Vm {
     /// A VM dropped without `destroy` (a cancelled task, a panic) still dies:
-    /// the child is killed and its directory removed.
+    /// the VMM is killed here and its directory removed right after.
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.machine.kill();
     }
 }
 
-enum BootFailure {
+/// How long a VMM whose channel closed gets to show it has exited.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// Why a start failed, before it becomes a [`BootError`] with its log.
+enum Failure {
     Exited(String),
     Timeout,
     Protocol(String),
+    /// The channel closed or failed: often the VMM is dying.
+    Channel(String),
 }
 
-impl std::fmt::Display for BootFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Failure {
+    fn into_error(self, timeout: Duration, log: LogRef) -> BootError {
         match self {
-            BootFailure::Exited(s) => write!(f, "monitor exited during boot: {s}"),
-            BootFailure::Timeout => f.write_str("agent not ready before the boot timeout"),
-            BootFailure::Protocol(d) => write!(f, "protocol: {d}"),
+            Failure::Exited(status) => BootError::Exited { status, log },
+            Failure::Timeout => BootError::Timeout {
+                ms: timeout.as_millis() as u64,
+                log,
+            },
+            Failure::Protocol(detail) | Failure::Channel(detail) => {
+                BootError::Protocol { detail, log }
+            }
         }
     }
 }
 
-async fn accept_ready(
-    listener: &UnixListener,
-) -> Result<(AgentConn<UnixStream>, Ready), BootFailure> {
-    let (stream, _) = listener
-        .accept()
-        .await
-        .map_err(|e| BootFailure::Protocol(format!("accept: {e}")))?;
-    let mut conn = AgentConn::new(stream);
-    match conn.recv().await {
-        Ok(GuestMessage::Ready(r)) => Ok((conn, r)),
-        Ok(other) => Err(BootFailure::Protocol(format!(
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Exited(s) => write!(f, "VMM exited during start-up: {s}"),
+            Failure::Timeout => f.write_str("agent not ready before the deadline"),
+            Failure::Protocol(d) | Failure::Channel(d) => write!(f, "protocol: {d}"),
+        }
+    }
+}
+
+impl From<FrameError> for Failure {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Closed | FrameError::Io(_) => Failure::Channel(e.to_string()),
+            _ => Failure::Protocol(e.to_string()),
+        }
+    }
+}
+
+async fn expect_ready(conn: &mut AgentConn<AgentStream>) -> Result<Ready, Failure> {
+    match conn.recv().await? {
+        GuestMessage::Ready(r) => Ok(r),
+        other => Err(Failure::Protocol(format!(
             "expected ready, got {}",
             kind(&other)
         ))),
-        Err(e) => Err(BootFailure::Protocol(e.to_string())),
     }
+}
+
+/// Makes a restored guest unique before it takes a job: fresh entropy, the
+/// host's clock, its own id. A guest that cannot reseed is refused: it
+/// would hand out the same random numbers as its siblings.
+async fn resume(conn: &mut AgentConn<AgentStream>, vm_id: &str) -> Result<(), Failure> {
+    let mut entropy = vec![0u8; RESUME_ENTROPY_BYTES];
+    host_random(&mut entropy).map_err(|e| Failure::Protocol(format!("host entropy: {e}")))?;
+    conn.send(&HostMessage::Resume(Resume {
+        entropy,
+        unix_time_ms: unix_now().as_millis() as u64,
+        vm_id: vm_id.to_owned(),
+    }))
+    .await?;
+    match conn.recv().await? {
+        GuestMessage::Resumed(r) if r.vm_id != vm_id => Err(Failure::Protocol(format!(
+            "the guest answered for VM {:?}",
+            r.vm_id
+        ))),
+        GuestMessage::Resumed(r) if !r.reseeded => Err(Failure::Protocol(
+            "the guest could not reseed its random generator".into(),
+        )),
+        GuestMessage::Resumed(_) => Ok(()),
+        other => Err(Failure::Protocol(format!(
+            "expected resumed, got {}",
+            kind(&other)
+        ))),
+    }
+}
+
+/// Fills `buf` from the host kernel's random generator.
+fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn check_ready(r: &Ready, language: &str) -> Result<(), String> {
@@ -424,129 +573,40 @@ fn kind(m: &GuestMessage) -> &'static str {
         GuestMessage::Output { .. } => "output",
         GuestMessage::Result(_) => "result",
         GuestMessage::Pong => "pong",
+        GuestMessage::Resumed(_) => "resumed",
     }
 }
 
-/// Output and phases of one run as the host saw them, checked as they come.
-struct Collected {
-    cap: usize,
-    phase: Option<Phase>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
+/// The per-VM directory, removed when dropped.
+#[derive(Debug)]
+struct VmDir(PathBuf);
 
-impl Collected {
-    fn new(cap: usize) -> Self {
-        Collected {
-            cap,
-            phase: None,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        }
-    }
-
-    fn phase(&mut self, p: Phase) -> Result<(), RunError> {
-        let ok = matches!(
-            (self.phase, p),
-            (None, Phase::Compiling)
-                | (None, Phase::Running)
-                | (Some(Phase::Compiling), Phase::Running)
-        );
-        if !ok {
-            return Err(RunError::Protocol(format!(
-                "phase {p:?} after {:?}",
-                self.phase
-            )));
-        }
-        self.phase = Some(p);
-        Ok(())
-    }
-
-    fn output(&mut self, stream: Stream, data: &[u8]) -> Result<(), RunError> {
-        if self.phase != Some(Phase::Running) {
-            return Err(RunError::Protocol("output before the program ran".into()));
-        }
-        let buf = match stream {
-            Stream::Stdout => &mut self.stdout,
-            Stream::Stderr => &mut self.stderr,
+impl VmDir {
+    fn create(parent: &Path, id: &str) -> Result<VmDir, BootError> {
+        let path = parent.join(format!("vm-{id}"));
+        let setup = |source| BootError::Setup {
+            path: path.clone(),
+            source,
         };
-        if buf.len() + data.len() > self.cap {
-            return Err(RunError::Protocol(format!(
-                "{stream:?} exceeds the {} byte cap the agent was given",
-                self.cap
-            )));
-        }
-        buf.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn finish(self, outcome: RunOutcome) -> Result<Execution, RunError> {
-        if outcome
-            .compile_output
-            .as_ref()
-            .is_some_and(|c| c.len() > 1024 * 1024)
-        {
-            return Err(RunError::Protocol("compile output too large".into()));
-        }
-        if outcome
-            .message
-            .as_ref()
-            .is_some_and(|m| m.len() > 64 * 1024)
-        {
-            return Err(RunError::Protocol("message too large".into()));
-        }
-        Ok(Execution {
-            outcome,
-            stdout: self.stdout,
-            stderr: self.stderr,
-        })
+        std::fs::create_dir_all(parent).map_err(setup)?;
+        std::fs::create_dir(&path).map_err(setup)?;
+        Ok(VmDir(path))
     }
 }
 
-/// Removes the per-VM directory when boot fails half-way.
-struct DirGuard(Option<PathBuf>);
-
-impl Drop for DirGuard {
+impl Drop for VmDir {
     fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-fn keep_log(log_dir: &Path, id: &str, console: &Console, why: &str) -> Option<PathBuf> {
+fn keep_log(log_dir: &Path, id: &str, machine: &dyn Machine, why: &str) -> Option<PathBuf> {
     std::fs::create_dir_all(log_dir).ok()?;
     let path = log_dir.join(format!("vm-{id}.log"));
-    let mut text = console.contents();
+    let mut text = machine.console().contents();
     text.extend_from_slice(format!("\n--- ignis: {why}\n").as_bytes());
     std::fs::write(&path, text).ok()?;
-    tracing::warn!(vm = %id, log = %path.display(), "{why}; console log kept");
+    // The caller says what failed, naming this log; no second line here.
+    tracing::debug!(vm = %id, log = %path.display(), "{why}; console log kept");
     Some(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_past_the_cap_is_a_protocol_violation() {
-        let mut c = Collected::new(4);
-        c.phase(Phase::Running).expect("phase");
-        c.output(Stream::Stdout, b"abcd").expect("within cap");
-        assert!(matches!(
-            c.output(Stream::Stdout, b"e"),
-            Err(RunError::Protocol(_))
-        ));
-        c.output(Stream::Stderr, b"ab")
-            .expect("stderr has its own cap");
-    }
-
-    #[test]
-    fn phases_only_move_forward() {
-        let mut c = Collected::new(1);
-        assert!(c.output(Stream::Stdout, b"x").is_err());
-        c.phase(Phase::Compiling).expect("compile");
-        c.phase(Phase::Running).expect("run");
-        assert!(c.phase(Phase::Compiling).is_err());
-    }
 }
