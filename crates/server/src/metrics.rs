@@ -34,11 +34,15 @@ const VM_FAILURE_KINDS: [&str; 4] = ["boot", "dead", "protocol", "run"];
 
 const PHASES: [&str; 4] = ["queue_wait", "acquire", "run", "total"];
 
-/// A snapshot restore takes ~0.2 s, a cold boot of a heavy runtime up to a
-/// minute; finer steps at the low end where the warm pool lives.
-const BOOT_BUCKETS: [f64; 16] = [
-    0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+/// A snapshot restore takes tens of milliseconds, a cold boot of a heavy
+/// runtime up to a minute; finer steps at the low end.
+const READY_BUCKETS: [f64; 18] = [
+    0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
+    60.0,
 ];
+
+/// How a VM came to be ready, as a metric label.
+pub const ORIGINS: [&str; 2] = ["boot", "restore"];
 
 /// From a few milliseconds (warm acquire) to the longest allowed job.
 const PHASE_BUCKETS: [f64; 15] = [
@@ -58,7 +62,9 @@ struct Inner {
     pool_ready: IntGaugeVec,
     pool_booting: IntGaugeVec,
     vms_running: IntGauge,
-    vm_boot_seconds: HistogramVec,
+    vm_ready_seconds: HistogramVec,
+    vm_memory_bytes: IntGauge,
+    vm_memory_budget_bytes: IntGauge,
     vm_failures: IntCounterVec,
     job_phase_seconds: HistogramVec,
     jobs: IntCounterVec,
@@ -99,9 +105,9 @@ impl Metrics {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             reg(&r, IntCounterVec::new(Opts::new(name, help), labels))
         };
-        let histogram_vec = |name: &str, help: &str, label: &str, buckets: &[f64]| {
+        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
             let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-            reg(&r, HistogramVec::new(opts, &[label]))
+            reg(&r, HistogramVec::new(opts, labels))
         };
         let inner = Inner {
             queue_depth: reg(
@@ -119,11 +125,25 @@ impl Metrics {
                 &["language"],
             )?,
             vms_running: reg(&r, IntGauge::new("ignis_vms_running", "VMs running a job"))?,
-            vm_boot_seconds: histogram_vec(
-                "ignis_vm_boot_seconds",
-                "From starting a VM until its agent is ready",
-                "language",
-                &BOOT_BUCKETS,
+            vm_ready_seconds: histogram_vec(
+                "ignis_vm_ready_seconds",
+                "From starting a VM (booted or restored) until its agent is ready",
+                &["language", "origin"],
+                &READY_BUCKETS,
+            )?,
+            vm_memory_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "ignis_vm_memory_bytes",
+                    "Host memory charged to VMs: measured for idle ones, bounded for running ones",
+                ),
+            )?,
+            vm_memory_budget_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "ignis_vm_memory_budget_bytes",
+                    "Host memory VMs may take together",
+                ),
             )?,
             vm_failures: counter_vec(
                 "ignis_vm_failures_total",
@@ -133,7 +153,7 @@ impl Metrics {
             job_phase_seconds: histogram_vec(
                 "ignis_job_phase_seconds",
                 "Where the time of finished jobs went",
-                "phase",
+                &["phase"],
                 &PHASE_BUCKETS,
             )?,
             jobs: counter_vec("ignis_jobs_total", "Jobs ended, by verdict", &["verdict"])?,
@@ -178,7 +198,9 @@ impl Metrics {
         let i = &self.inner;
         i.pool_ready.with_label_values(&[language]);
         i.pool_booting.with_label_values(&[language]);
-        i.vm_boot_seconds.with_label_values(&[language]);
+        for origin in ORIGINS {
+            i.vm_ready_seconds.with_label_values(&[language, origin]);
+        }
         for kind in VM_FAILURE_KINDS {
             i.vm_failures.with_label_values(&[language, kind]);
         }
@@ -203,11 +225,18 @@ impl Metrics {
         self.inner.vms_running.set(to_i64(vms));
     }
 
-    pub fn observe_boot(&self, language: &str, secs: f64) {
+    /// `restored`: the VM came from a snapshot rather than a boot.
+    pub fn observe_ready(&self, language: &str, restored: bool, secs: f64) {
         self.inner
-            .vm_boot_seconds
-            .with_label_values(&[language])
+            .vm_ready_seconds
+            .with_label_values(&[language, ORIGINS[usize::from(restored)]])
             .observe(secs);
+    }
+
+    pub fn set_vm_memory(&self, used_mib: u64, budget_mib: u64) {
+        let bytes = |mib: u64| i64::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+        self.inner.vm_memory_bytes.set(bytes(used_mib));
+        self.inner.vm_memory_budget_bytes.set(bytes(budget_mib));
     }
 
     /// `kind` is one of `boot`, `dead`, `protocol`, `run`: a closed set, since every
@@ -299,7 +328,8 @@ mod tests {
             "ignis_pool_ready",
             "ignis_pool_booting",
             "ignis_vms_running",
-            "ignis_vm_boot_seconds",
+            "ignis_vm_ready_seconds",
+            "ignis_vm_memory_bytes",
             "ignis_vm_failures_total",
             "ignis_job_phase_seconds",
             "ignis_jobs_total",
@@ -334,7 +364,7 @@ mod tests {
         m.job_canceled();
         m.set_pool("node", 2, 1);
         m.set_queue_depth(7);
-        m.observe_boot("node", 0.8);
+        m.observe_ready("node", true, 0.08);
         m.vm_failure("node", "boot");
         m.record_webhook_stats(3, 1);
         m.record_webhook_stats(4, 1);
@@ -351,7 +381,7 @@ mod tests {
             "ignis_pool_ready{language=\"node\"} 2",
             "ignis_pool_booting{language=\"node\"} 1",
             "ignis_queue_depth 7",
-            "ignis_vm_boot_seconds_count{language=\"node\"} 1",
+            "ignis_vm_ready_seconds_count{language=\"node\",origin=\"restore\"} 1",
             "ignis_vm_failures_total{kind=\"boot\",language=\"node\"} 1",
             "ignis_webhook_deliveries_total{outcome=\"delivered\"} 4",
             "ignis_webhook_deliveries_total{outcome=\"failed\"} 1",

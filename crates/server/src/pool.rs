@@ -1,17 +1,30 @@
 //! Warm per-language VM pools under one host-wide budget.
 //!
-//! Every VM alive (ready in a pool, booting, or running a job) holds a share
-//! of the budget: one VM slot and its guest memory. A job takes a ready VM of
-//! its language if there is one, else boots one on demand while the budget
-//! allows, else evicts an idle VM of another language, else waits. Pools
-//! refill in the background, but never while a job is waiting for budget:
-//! jobs come first. A VM never serves two jobs.
+//! Every VM alive (ready in a pool, starting, or running a job) holds a
+//! share of the budget: one VM slot and some memory. The memory is what the
+//! VM really costs the host where that is known: an idle pooled VM is
+//! charged the proportional set size (PSS) of its VMM, measured once it is
+//! ready — a few tens of MiB for a VM restored from a snapshot, whose
+//! untouched RAM is shared with every sibling. A VM that is starting or
+//! running a job is charged its whole guest memory, all of which the job
+//! may use. So many more restored VMs wait in the same budget than their
+//! nominal sizes would allow.
+//!
+//! A job takes a ready VM of its language if there is one (growing its
+//! share to the guest's size), else starts one on demand while the budget
+//! allows, else evicts an idle VM, else waits. Pools refill in the
+//! background, but never while a job is waiting for budget: jobs come
+//! first. A VM never serves two jobs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ignis_vmm::{LaunchError, Launcher, Vm};
+
+/// Added to an idle VM's measured PSS: it moves a little as pages come
+/// and go.
+const IDLE_MARGIN_MIB: u64 = 4;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -264,7 +277,8 @@ impl Pools {
             claim: false,
         };
         enum Next {
-            Warm(Pooled),
+            /// A pooled VM, and how much its share grew for the job.
+            Warm(Pooled, u64),
             Boot(Share, Booting),
             Evict(Pooled),
             Wait,
@@ -283,7 +297,25 @@ impl Pools {
                 let refilling = s.refilling.get(language).copied().unwrap_or(0);
                 let claimed = s.claimed.get(language).copied().unwrap_or(0);
                 if let Some(p) = s.ready.get_mut(language).and_then(VecDeque::pop_front) {
-                    Next::Warm(p)
+                    // A job may use the whole guest: the idle charge grows.
+                    let growth = mib.saturating_sub(p.share.mib);
+                    if s.used_mib + growth <= inner.cfg.max_memory_mib {
+                        s.used_mib += growth;
+                        Next::Warm(p, growth)
+                    } else {
+                        s.ready
+                            .entry(language.to_owned())
+                            .or_default()
+                            .push_front(p);
+                        match s.evictable(language) {
+                            Some(victim) => Next::Evict(victim),
+                            None => {
+                                s.waiters += 1;
+                                line.budget = true;
+                                Next::Wait
+                            }
+                        }
+                    }
                 } else if refilling > claimed {
                     *s.claimed.entry(language.to_owned()).or_default() += 1;
                     line.claim = true;
@@ -305,7 +337,8 @@ impl Pools {
             };
             inner.report(language);
             let (vm, share, warm) = match next {
-                Next::Warm(mut p) => {
+                Next::Warm(mut p, growth) => {
+                    p.share.mib += growth;
                     // A VM can die while it waits in the pool; check it answers.
                     if p.vm.ping(Duration::from_secs(5)).await.is_ok() {
                         (p.vm, p.share, true)
@@ -317,14 +350,14 @@ impl Pools {
                     }
                 }
                 Next::Boot(share, booting) => {
-                    let booted = tokio::select! {
-                        r = inner.launcher.boot(language) => r,
+                    let started = tokio::select! {
+                        r = inner.launcher.start(language) => r,
                         () = inner.shutdown.cancelled() => return Err(AcquireError::ShuttingDown),
                     };
                     drop(booting);
-                    match booted {
+                    match started {
                         Ok(vm) => {
-                            inner.observe_boot(language, &vm);
+                            inner.observe_ready(language, &vm);
                             (vm, share, false)
                         }
                         Err(e) => {
@@ -392,6 +425,20 @@ impl State {
         self.used_vms < cfg.max_vms && self.used_mib + mib <= cfg.max_memory_mib
     }
 
+    /// An idle VM to evict to make room: one of another language first,
+    /// else the newest of this one (the oldest is next in line).
+    fn evictable(&mut self, language: &str) -> Option<Pooled> {
+        let other = self
+            .ready
+            .iter_mut()
+            .filter(|(l, q)| l.as_str() != language && !q.is_empty())
+            .find_map(|(_, q)| q.pop_front());
+        other.or_else(|| {
+            let q = self.ready.get_mut(language)?;
+            (q.len() > 1).then(|| q.pop_back()).flatten()
+        })
+    }
+
     fn reserve(&mut self, mib: u64) {
         self.used_vms += 1;
         self.used_mib += mib;
@@ -423,9 +470,27 @@ impl Inner {
         self.changed.notify_waiters();
     }
 
-    fn observe_boot(&self, language: &str, vm: &Vm) {
+    fn observe_ready(&self, language: &str, vm: &Vm) {
+        let i = vm.info();
         self.metrics
-            .observe_boot(language, vm.info().boot_ms as f64 / 1000.0);
+            .observe_ready(language, i.restored, i.ready_ms as f64 / 1000.0);
+    }
+
+    /// Charges an idle VM what it measurably costs (when that is less than
+    /// its share): the rest of the share goes back to the budget.
+    fn charge_idle(&self, share: &mut Share, vm: &Vm) {
+        let Some(used) = vm.host_memory() else {
+            return;
+        };
+        let charge = used.pss_mib() + IDLE_MARGIN_MIB;
+        if charge < share.mib {
+            {
+                let mut s = self.lock();
+                s.used_mib = s.used_mib.saturating_sub(share.mib - charge);
+            }
+            share.mib = charge;
+            self.changed.notify_waiters();
+        }
     }
 
     /// Destroys a pooled VM; its share goes back when `p` is gone.
@@ -437,14 +502,20 @@ impl Inner {
     }
 
     fn report(&self, language: &str) {
-        let ((ready, booting), leased) = {
+        let ((ready, booting), leased, used_mib) = {
             let s = self.lock();
             let idle: usize = s.ready.values().map(VecDeque::len).sum::<usize>()
                 + s.booting.values().sum::<usize>();
-            (s.sizes(language), s.used_vms.saturating_sub(idle))
+            (
+                s.sizes(language),
+                s.used_vms.saturating_sub(idle),
+                s.used_mib,
+            )
         };
         self.metrics.set_pool(language, ready, booting);
         self.metrics.set_vms_running(leased);
+        self.metrics
+            .set_vm_memory(used_mib, self.cfg.max_memory_mib);
     }
 }
 
@@ -477,21 +548,22 @@ async fn refill(inner: Arc<Inner>, language: String) {
                 () = inner.shutdown.cancelled() => return,
             }
         };
-        let share = Share {
+        let mut share = Share {
             inner: inner.clone(),
             mib,
         };
         inner.report(&language);
-        // Shutdown drops a boot half-way: the monitor dies with its handle,
+        // Shutdown drops a start half-way: the VMM dies with its handle,
         // and the guards give back the count and the share.
-        let booted = tokio::select! {
-            r = inner.launcher.boot(&language) => r,
+        let started = tokio::select! {
+            r = inner.launcher.start(&language) => r,
             () = inner.shutdown.cancelled() => return,
         };
-        match booted {
+        match started {
             Ok(vm) => {
                 backoff = Duration::from_millis(500);
-                inner.observe_boot(&language, &vm);
+                inner.observe_ready(&language, &vm);
+                inner.charge_idle(&mut share, &vm);
                 if inner.shutdown.is_cancelled() {
                     drop(booting);
                     inner.discard(Pooled { vm, share }).await;

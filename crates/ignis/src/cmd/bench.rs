@@ -267,7 +267,7 @@ fn bench_language(
                 r.message.map(|m| format!(", {m}")).unwrap_or_default()
             );
         }
-        boot.push(info.boot_ms as f64);
+        boot.push(info.ready_ms as f64);
         run.push(r.duration_ms as f64);
         if let Some(c) = r.compile_ms {
             compile.push(c as f64);

@@ -49,6 +49,9 @@ pub struct Args {
     /// API key for --server.
     #[arg(long, env = "IGNIS_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Boot a fresh VM instead of restoring the language's snapshot.
+    #[arg(long)]
+    pub no_snapshot: bool,
 }
 
 /// Exit codes for verdicts that have no exit code of their own.
@@ -126,7 +129,10 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_local(a: &Args, req: RunRequest) -> anyhow::Result<RunReport> {
-    let launcher = Launcher::new(Paths::from_env()).await?;
+    let mut launcher = Launcher::new(Paths::from_env()).await?;
+    if a.no_snapshot {
+        launcher = launcher.without_snapshots();
+    }
     let language = match &a.language {
         Some(l) => launcher.catalog.language(l)?.name().to_owned(),
         None => launcher
@@ -135,7 +141,7 @@ async fn run_local(a: &Args, req: RunRequest) -> anyhow::Result<RunReport> {
             .name()
             .to_owned(),
     };
-    let vm = match launcher.boot(&language).await {
+    let vm = match launcher.start(&language).await {
         Ok(vm) => vm,
         Err(e) => return Ok(RunReport::internal_error(e.to_string(), None)),
     };

@@ -41,6 +41,9 @@ pub struct Args {
     /// Largest timeout a job may ask for, in seconds.
     #[arg(long, default_value_t = 60)]
     pub max_timeout: u64,
+    /// Boot every VM instead of restoring it from its language's snapshot.
+    #[arg(long)]
+    pub no_snapshot: bool,
 }
 
 pub fn main(a: Args) -> anyhow::Result<ExitCode> {
@@ -64,6 +67,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     cfg.allow_private_webhooks = a.allow_private_webhooks;
     cfg.shutdown_grace = Duration::from_secs(a.shutdown_grace);
     cfg.maxima.timeout_ms = a.max_timeout.saturating_mul(1000);
+    cfg.snapshots = !a.no_snapshot;
 
     let svc = ignis_server::embedded::services(cfg, Paths::from_env()).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)

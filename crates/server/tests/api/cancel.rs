@@ -6,15 +6,12 @@ use super::*;
 async fn canceling_a_running_job_kills_its_vm() {
     // One VM slot and no warm pool: the job after the canceled one can only
     // run if the canceled job's VM was destroyed and its slot given back.
-    let Some(app) = spawn_app(Opts {
+    let app = spawn_app(Opts {
         warm: 0,
         max_vms: 1,
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let api = &app.api;
     let job = api
         .submit(&json!({
@@ -78,15 +75,12 @@ async fn canceling_a_running_job_kills_its_vm() {
 /// `Pools::acquire`.
 #[tokio::test]
 async fn canceling_a_job_while_its_vm_boots_frees_the_slot() {
-    let Some(app) = spawn_app(Opts {
+    let app = spawn_app(Opts {
         warm: 0,
         max_vms: 1,
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let api = &app.api;
     let job = api
         .submit(&json!({"language": "python", "code": "while True:\n    pass\n", "limits": {"timeout_ms": 50000}}))
@@ -120,15 +114,12 @@ async fn canceling_a_job_while_its_vm_boots_frees_the_slot() {
 
 #[tokio::test]
 async fn shutdown_during_an_on_demand_boot_returns() {
-    let Some(mut app) = spawn_app(Opts {
+    let mut app = spawn_app(Opts {
         warm: 0,
         shutdown_grace: Duration::from_millis(1),
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let api = app.api.clone();
     let job = api.submit(&python("print('never')")).await;
     let id = id_of(&job);
@@ -158,9 +149,7 @@ async fn shutdown_during_an_on_demand_boot_returns() {
 
 #[tokio::test]
 async fn events_stream_status_output_and_result_in_order() {
-    let Some(app) = spawn_app(Opts::default()).await else {
-        return;
-    };
+    let app = spawn_app(Opts::default()).await;
     let api = &app.api;
     let code = "\
 import sys, time

@@ -7,7 +7,7 @@ async fn queued_jobs_survive_a_restart() {
     let dir = tempfile::tempdir().expect("data dir");
     // No VM may run at all, so every job is still waiting at shutdown: the
     // one a worker took goes back to the queue when the grace runs out.
-    let Some(first) = spawn_app(Opts {
+    let first = spawn_app(Opts {
         warm: 0,
         max_vms: 0,
         workers: 1,
@@ -15,10 +15,7 @@ async fn queued_jobs_survive_a_restart() {
         data_dir: Some(dir.path().to_path_buf()),
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let key = first.api.key.clone();
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -50,15 +47,12 @@ async fn queued_jobs_survive_a_restart() {
     }
     drop(store);
 
-    let Some(second) = spawn_app(Opts {
+    let second = spawn_app(Opts {
         warm: 0,
         data_dir: Some(dir.path().to_path_buf()),
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let api = second.with_key(&key);
     for (i, id) in ids.iter().enumerate() {
         let job = api.wait(id).await;
@@ -106,15 +100,12 @@ async fn a_finished_job_is_posted_to_its_webhook_signed() {
     let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
     let receiving = tokio::spawn(async move { axum::serve(listener, receiver).await });
 
-    let Some(app) = spawn_app(Opts {
+    let app = spawn_app(Opts {
         warm: 0,
         allow_private_webhooks: true,
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let api = &app.api;
     let job = api
         .submit(&json!({"language": "python", "code": "print('hooked')", "webhook_url": hook}))
@@ -156,9 +147,7 @@ async fn a_finished_job_is_posted_to_its_webhook_signed() {
 
 #[tokio::test]
 async fn twenty_concurrent_jobs_in_two_languages_all_finish() {
-    let Some(app) = spawn_app(Opts::default()).await else {
-        return;
-    };
+    let app = spawn_app(Opts::default()).await;
     let api = &app.api;
     let mut expected = Vec::new();
     for i in 0..10 {
@@ -207,15 +196,12 @@ async fn until_stdout(events: &mut common::Sse, text: &str) {
 
 #[tokio::test]
 async fn shutdown_lets_a_running_job_finish_and_leaves_no_vm() {
-    let Some(mut app) = spawn_app(Opts {
+    let mut app = spawn_app(Opts {
         exclusive: true,
         shutdown_grace: Duration::from_secs(60),
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let api = app.api.clone();
     let job = api
         .submit(&python(
@@ -253,16 +239,13 @@ async fn shutdown_lets_a_running_job_finish_and_leaves_no_vm() {
 
 #[tokio::test]
 async fn shutdown_requeues_a_job_that_outlives_the_grace() {
-    let Some(mut app) = spawn_app(Opts {
+    let mut app = spawn_app(Opts {
         exclusive: true,
         warm: 0,
         shutdown_grace: Duration::from_millis(500),
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let api = app.api.clone();
     let job = api
         .submit(&json!({
@@ -308,14 +291,11 @@ async fn shutdown_requeues_a_job_that_outlives_the_grace() {
 
 #[tokio::test]
 async fn shutdown_while_the_pools_boot_leaves_no_vm() {
-    let Some(app) = spawn_app(Opts {
+    let app = spawn_app(Opts {
         exclusive: true,
         ..Opts::default()
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     // The server answers once it runs; by then the pools have started
     // booting their first VMs (the refill tasks are spawned before the
     // listener is served).

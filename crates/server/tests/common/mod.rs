@@ -62,27 +62,25 @@ impl Default for Opts {
     }
 }
 
-/// Whether the real images are installed; says why not when they are not.
-pub fn images_present() -> bool {
+/// The real images must be installed: a test that needs them fails, with
+/// the reason, when they are not.
+pub fn require_images() {
     let dir = Paths::from_env().images();
     let catalog = Catalog::discover(&dir);
     if let Err(p) = &catalog.kernel {
-        eprintln!(
-            "SKIPPED: no guest kernel in {} ({p}); run scripts/setup",
+        panic!(
+            "prerequisite missing: no guest kernel in {} ({p}); run scripts/setup",
             dir.display()
         );
-        return false;
     }
     for lang in ["python", "go"] {
         if let Err(e) = catalog.language(lang) {
-            eprintln!(
-                "SKIPPED: no {lang} image in {} ({e}); run scripts/setup",
+            panic!(
+                "prerequisite missing: no {lang} image in {} ({e}); run scripts/setup",
                 dir.display()
             );
-            return false;
         }
     }
-    true
 }
 
 /// One running server.
@@ -100,12 +98,10 @@ pub struct TestApp {
     _guard: Guard,
 }
 
-/// Starts a server, or returns `None` (after saying why) when the images
-/// are not installed. One test runs at most one server at a time.
-pub async fn spawn_app(opts: Opts) -> Option<TestApp> {
-    if !images_present() {
-        return None;
-    }
+/// Starts a server; fails the test when the images are not installed. One
+/// test runs at most one server at a time.
+pub async fn spawn_app(opts: Opts) -> TestApp {
+    require_images();
     let guard = if opts.exclusive {
         Guard::Exclusive(VMS.write().await)
     } else {
@@ -144,7 +140,7 @@ pub async fn spawn_app(opts: Opts) -> Option<TestApp> {
     let (_, secret) = ignis_server::keys::create(&*svc.store, "test", None, None)
         .await
         .expect("create key");
-    Some(TestApp {
+    TestApp {
         api: Api::new(&base, &secret),
         base,
         svc,
@@ -153,7 +149,7 @@ pub async fn spawn_app(opts: Opts) -> Option<TestApp> {
         stop: Some(stop),
         server,
         _guard: guard,
-    })
+    }
 }
 
 impl TestApp {

@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+pub(super) use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use ignis_vmm::accel::AccelChoice;
+use ignis_vmm::driver::fake::FakeDriver;
 use ignis_vmm::image::{Catalog, ImageProblem, KernelImage, LanguageImage, Manifest};
 use ignis_vmm::paths::Paths;
 use ignis_vmm::{Accel, Launcher};
@@ -29,8 +30,8 @@ use crate::store::sqlite::SqliteStore;
 
 pub(super) const PROBLEM_JSON: &str = "application/problem+json";
 
-/// A launcher that knows one language and can boot nothing: the kernel and
-/// root filesystem paths do not exist, and nothing here asks for a boot.
+/// A launcher that knows one language, over the fake driver: nothing here
+/// asks for a VM, and if something did it would get a fake one, not a hang.
 pub(super) fn fake_launcher(dir: &std::path::Path) -> Launcher {
     let python = LanguageImage {
         rootfs: dir.join("python/rootfs.ext4"),
@@ -45,9 +46,9 @@ pub(super) fn fake_launcher(dir: &std::path::Path) -> Launcher {
             key: "test".into(),
         },
     };
-    Launcher {
-        paths: Paths::new(dir),
-        catalog: Catalog {
+    Launcher::with_driver(
+        Paths::new(dir),
+        Catalog {
             dir: dir.join("images"),
             kernel: Err(ImageProblem {
                 name: "kernel".into(),
@@ -56,16 +57,16 @@ pub(super) fn fake_launcher(dir: &std::path::Path) -> Launcher {
             languages: BTreeMap::from([("python".to_owned(), python)]),
             problems: vec![],
         },
-        kernel: KernelImage {
+        KernelImage {
             path: dir.join("vmlinux"),
             key: "test".into(),
         },
-        accel: AccelChoice {
+        AccelChoice {
             accel: Accel::Tcg,
             reason: "unit test".into(),
         },
-        boot_timeout: Duration::from_secs(1),
-    }
+        Arc::new(FakeDriver::default()),
+    )
 }
 
 /// The services behind one test's router, and the directory they live in.
