@@ -9,20 +9,17 @@ use ignis_server::config::ServerConfig;
 use ignis_vmm::image::Catalog;
 use ignis_vmm::paths::Paths;
 
-fn have_python() -> bool {
+fn require_python() {
     let c = Catalog::discover(&Paths::from_env().images());
-    let ok = c.kernel.is_ok() && c.language("python").is_ok();
-    if !ok {
-        eprintln!("SKIPPED: no usable kernel and python image; run scripts/setup");
-    }
-    ok
+    assert!(
+        c.kernel.is_ok() && c.language("python").is_ok(),
+        "prerequisite missing: no usable kernel and python image; run scripts/setup"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_through_a_server_streams_output_and_keeps_the_exit_code() {
-    if !have_python() {
-        return;
-    }
+    require_python();
     let data = tempfile::tempdir().expect("tmp");
     let mut cfg = ServerConfig::new(data.path().to_path_buf());
     cfg.pool.warm = 0;

@@ -1,7 +1,7 @@
 //! End-to-end tests against real microVMs: the `ignis` binary and the
 //! `ignis-vmm` library, booting the images under IGNIS_HOME. No mocks: what
-//! matters is checked from inside the guest. Tests skip (with a message) when
-//! the images are not built; run `scripts/setup` first.
+//! matters is checked from inside the guest. A test fails, saying why, when
+//! the images it needs are not built; run `scripts/setup` first.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use ignis_protocol::{Limits, Phase, Stream, Verdict};
 use ignis_vmm::report::{self, RunReport};
-use ignis_vmm::{BootError, RunError, RunEvent, Vm, VmState};
+use ignis_vmm::{BootError, RunError, RunEvent, VmState};
 
 const PY_HELLO: &str = "print('hello, world')\n";
 const GO_HELLO: &str =
@@ -44,9 +44,7 @@ fn assert_hello(r: &RunReport, interpreted: bool) {
 
 #[test]
 fn python_hello_cli() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let (r, cli) = run_json(tmp.path(), &[("hello.py", PY_HELLO)], &[]);
     assert_eq!(cli.code, 0, "{}", cli.stderr);
@@ -61,17 +59,24 @@ fn python_hello_cli() {
         matches!(raw["vm"]["accel"].as_str(), Some("kvm" | "tcg")),
         "{raw}"
     );
+    assert_eq!(
+        raw["vm"]["restored"], true,
+        "restored from its snapshot: {raw}"
+    );
     // Without --json the program's output is the command's output.
     let plain = ignis(tmp.path(), &["run", "hello.py"]);
     assert_eq!(plain.code, 0, "{}", plain.stderr);
     assert_eq!(String::from_utf8_lossy(&plain.stdout), "hello, world\n");
+    // --no-snapshot boots, with the same result.
+    let (booted, cli) = run_json(tmp.path(), &[("hello.py", PY_HELLO)], &["--no-snapshot"]);
+    assert_eq!(cli.code, 0, "{}", cli.stderr);
+    assert_hello(&booted, true);
+    assert_eq!(booted.vm.as_ref().map(|v| v.restored), Some(false));
 }
 
 #[test]
 fn go_hello_cli() {
-    if images(&["go"]).is_none() {
-        return;
-    }
+    images(&["go"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let (r, cli) = run_json(tmp.path(), &[("hello.go", GO_HELLO)], &[]);
     assert_eq!(cli.code, 0, "{}", cli.stderr);
@@ -83,18 +88,22 @@ fn go_hello_cli() {
         .is_some_and(|v| v.runtime_version.starts_with("go version")));
 }
 
-/// Boots `language` through the launcher, runs a hello world with
-/// `report::execute`, and checks the events seen on the way and that the
-/// per-VM directory existed while the VM lived and is gone after.
-async fn library_hello(language: &str, file: &str, src: &str, phases: &[Phase]) {
-    let Some(launcher) = launcher(&[language]).await else {
-        return;
+/// Starts a `language` VM through the launcher (restored from its snapshot,
+/// or booted), runs a hello world with `report::execute`, and checks the
+/// events seen on the way and that the per-VM directory existed while the
+/// VM lived and is gone after.
+async fn library_hello(language: &str, file: &str, src: &str, phases: &[Phase], restore: bool) {
+    let launcher = launcher(&[language]).await;
+    let vm = if restore {
+        launcher.start(language).await.expect("restore")
+    } else {
+        launcher.boot(language).await.expect("boot")
     };
-    let vm = launcher.boot(language).await.expect("boot");
     let info = vm.info().clone();
+    assert_eq!(info.restored, restore, "{info:?}");
     assert_eq!((info.driver, info.language.as_str()), ("qemu", language));
     assert_eq!(info.accel, launcher.accel.accel);
-    assert!(info.boot_ms > 0);
+    assert!(info.ready_ms > 0);
     let vm_dir = launcher.paths.runtime().join(format!("vm-{}", info.id));
     assert!(
         vm_dir.is_dir(),
@@ -128,20 +137,18 @@ async fn library_hello(language: &str, file: &str, src: &str, phases: &[Phase]) 
 
 #[tokio::test]
 async fn python_hello_library() {
-    library_hello("python", "hello.py", PY_HELLO, &[Phase::Running]).await;
+    library_hello("python", "hello.py", PY_HELLO, &[Phase::Running], true).await;
 }
 
 #[tokio::test]
 async fn go_hello_library_compiles_then_runs() {
     let phases = [Phase::Compiling, Phase::Running];
-    library_hello("go", "hello.go", GO_HELLO, &phases).await;
+    library_hello("go", "hello.go", GO_HELLO, &phases, false).await;
 }
 
 #[test]
 fn go_compile_error() {
-    if images(&["go"]).is_none() {
-        return;
-    }
+    images(&["go"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let src = "package main\n\nfunc main() {\n\tundefinedThing()\n}\n";
     let (r, cli) = run_json(tmp.path(), &[("broken.go", src)], &[]);
@@ -155,9 +162,7 @@ fn go_compile_error() {
 
 #[test]
 fn python_exit_code_is_kept() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let src = "import sys\nprint('before exit', flush=True)\nsys.exit(3)\n";
     let (r, cli) = run_json(tmp.path(), &[("exit3.py", src)], &[]);
@@ -169,9 +174,7 @@ fn python_exit_code_is_kept() {
 
 #[test]
 fn python_uncaught_exception() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     std::fs::write(
         tmp.path().join("boom.py"),
@@ -194,9 +197,7 @@ fn python_uncaught_exception() {
 
 #[test]
 fn stdin_and_args() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let input = "first line\nsecond line é\n";
     std::fs::write(tmp.path().join("input.txt"), input).expect("write");
@@ -224,9 +225,7 @@ fn stdin_and_args() {
 
 #[test]
 fn multi_file_python() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let main = "import util\nprint(util.greet('ignis'))\n";
     let util = "def greet(n):\n    return f'hello from util, {n}'\n";
@@ -237,9 +236,7 @@ fn multi_file_python() {
 
 #[test]
 fn multi_file_go() {
-    if images(&["go"]).is_none() {
-        return;
-    }
+    images(&["go"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let main = "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(double(21))\n}\n";
     let util = "package main\n\nfunc double(x int) int {\n\treturn 2 * x\n}\n";
@@ -250,9 +247,7 @@ fn multi_file_go() {
 
 #[test]
 fn infinite_loop_hits_the_timeout() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let src = "print('looping', flush=True)\nwhile True:\n    pass\n";
     let (r, cli) = run_json(tmp.path(), &[("loop.py", src)], &["--timeout", "2"]);
@@ -264,9 +259,7 @@ fn infinite_loop_hits_the_timeout() {
 
 #[test]
 fn memory_hog_hits_the_memory_limit() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     // bytes objects are written to, so every page really is used.
     let src = "chunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 20))\n";
@@ -284,9 +277,7 @@ fn memory_hog_hits_the_memory_limit() {
 async fn fork_bomb_is_contained_and_the_vm_stays_answerable() {
     /// What fork says on Linux when pids.max is reached.
     const EAGAIN: i32 = 11;
-    let Some(launcher) = launcher(&["python"]).await else {
-        return;
-    };
+    let launcher = launcher(&["python"]).await;
     let mut vm = launcher.boot("python").await.expect("boot");
     // Every process forks forever; the first one says when the process
     // limit bit, which proves the limit was reached and enforced.
@@ -319,9 +310,7 @@ async fn fork_bomb_is_contained_and_the_vm_stays_answerable() {
 
 #[test]
 fn output_flood_is_cut_at_the_cap() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let src = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n";
     let (r, cli) = run_json(tmp.path(), &[("flood.py", src)], &["--max-output", "4"]);
@@ -339,9 +328,7 @@ fn output_flood_is_cut_at_the_cap() {
 
 #[test]
 fn no_network_in_the_guest() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let src = r#"import json, os, socket
 res = {}
@@ -373,9 +360,7 @@ print(json.dumps(res))
 
 #[test]
 fn guest_sees_no_host_files_and_runs_unprivileged() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let nanos = std::time::UNIX_EPOCH.elapsed().expect("clock").as_nanos();
     let unique = format!("ignis-marker-{}-{nanos}", std::process::id());
@@ -435,9 +420,7 @@ print(json.dumps({
 
 #[test]
 fn env_is_passed() {
-    if images(&["python"]).is_none() {
-        return;
-    }
+    images(&["python"]);
     let tmp = tempfile::tempdir().expect("tmp");
     let src = "import json, os\nprint(json.dumps(dict(os.environ)))\n";
     let args = [
@@ -461,16 +444,12 @@ fn env_is_passed() {
 
 #[tokio::test]
 async fn silent_agent_times_out_and_is_torn_down() {
-    let Some(fake) = fake_image(SILENT_AGENT, &[]).await else {
-        return;
-    };
-    let err = Vm::boot(&fake.cfg)
-        .await
-        .expect_err("a silent agent cannot boot");
+    let fake = fake_image(SILENT_AGENT, &[]).await;
+    let err = fake.boot().await.expect_err("a silent agent cannot boot");
     let BootError::Timeout { ms, log } = &err else {
         panic!("expected a boot timeout, got {err}");
     };
-    assert_eq!(*ms, 5000);
+    assert_eq!(*ms, 5000u64);
     assert!(err.to_string().contains("did not become ready"), "{err}");
     let log = log.0.as_ref().expect("console log kept");
     assert!(log.starts_with(&fake.cfg.log_dir), "{}", log.display());
@@ -498,12 +477,8 @@ fn hang_request() -> ignis_protocol::RunRequest {
 #[tokio::test]
 async fn ready_then_hung_agent_times_out_the_run() {
     let frame = ready_frame();
-    let Some(fake) = fake_image(READY_THEN_HANG_AGENT, &[("ready.frame", &frame)]).await else {
-        return;
-    };
-    let mut vm = Vm::boot(&fake.cfg)
-        .await
-        .expect("the fake agent says ready");
+    let fake = fake_image(READY_THEN_HANG_AGENT, &[("ready.frame", &frame)]).await;
+    let mut vm = fake.boot().await.expect("the fake agent says ready");
     assert_eq!(
         (vm.info().language.as_str(), vm.state()),
         (FAKE_LANGUAGE, VmState::Ready)
@@ -535,12 +510,8 @@ async fn ready_then_hung_agent_times_out_the_run() {
 #[tokio::test]
 async fn ready_then_hung_agent_is_an_internal_error_report() {
     let frame = ready_frame();
-    let Some(fake) = fake_image(READY_THEN_HANG_AGENT, &[("ready.frame", &frame)]).await else {
-        return;
-    };
-    let vm = Vm::boot(&fake.cfg)
-        .await
-        .expect("the fake agent says ready");
+    let fake = fake_image(READY_THEN_HANG_AGENT, &[("ready.frame", &frame)]).await;
+    let vm = fake.boot().await.expect("the fake agent says ready");
     let id = vm.info().id.clone();
     let r = report::execute(vm, hang_request(), |_| {}).await;
     assert_eq!(r.status, Verdict::InternalError, "{r:#?}");

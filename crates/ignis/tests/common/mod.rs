@@ -1,4 +1,5 @@
 //! Helpers shared by the VM integration tests: finding the real images,
+#![allow(dead_code)] // Each test binary uses some of these helpers.
 //! running the real `ignis` binary, and building tiny fake images whose
 //! "agent" misbehaves on purpose.
 
@@ -7,43 +8,40 @@ use std::process::Command;
 use std::time::Duration;
 
 use ignis_protocol::{encode, GuestMessage, Limits, Ready, RunRequest, GUEST_FRAME_MAX};
+use ignis_vmm::driver::qemu::Qemu;
 use ignis_vmm::image::{Catalog, Manifest};
 use ignis_vmm::paths::Paths;
 use ignis_vmm::report::RunReport;
-use ignis_vmm::{Launcher, VmConfig};
+use ignis_vmm::{BootError, Launcher, Origin, Vm, VmConfig};
 use tempfile::TempDir;
 
-/// The real images, or `None` (after saying why) when the named languages
-/// are not all built: the test then returns early.
-pub fn images(langs: &[&str]) -> Option<Catalog> {
+/// The real images. A test that needs images which are not built fails
+/// here, with the reason.
+pub fn images(langs: &[&str]) -> Catalog {
     let dir = Paths::from_env().images();
     let catalog = Catalog::discover(&dir);
     if let Err(p) = &catalog.kernel {
-        eprintln!(
-            "SKIPPED: no usable guest kernel in {} ({p}); run scripts/setup",
+        panic!(
+            "prerequisite missing: no usable guest kernel in {} ({p}); run scripts/setup",
             dir.display()
         );
-        return None;
     }
     for l in langs {
         if let Err(e) = catalog.language(l) {
-            eprintln!(
-                "SKIPPED: no usable {l} image in {} ({e}); run scripts/setup",
+            panic!(
+                "prerequisite missing: no usable {l} image in {} ({e}); run scripts/setup",
                 dir.display()
             );
-            return None;
         }
     }
-    Some(catalog)
+    catalog
 }
 
-pub async fn launcher(langs: &[&str]) -> Option<Launcher> {
-    images(langs)?;
-    Some(
-        Launcher::new(Paths::from_env())
-            .await
-            .expect("launcher over the real images"),
-    )
+pub async fn launcher(langs: &[&str]) -> Launcher {
+    images(langs);
+    Launcher::new(Paths::from_env())
+        .await
+        .expect("launcher over the real images")
 }
 
 pub fn request(files: &[(&str, &str)], limits: Limits) -> RunRequest {
@@ -85,8 +83,14 @@ impl Cli {
 
 /// Runs the real `ignis` binary with `args`, from `dir`.
 pub fn ignis(dir: &Path, args: &[&str]) -> Cli {
+    ignis_env(dir, args, &[])
+}
+
+/// Runs the real `ignis` binary with `args` and extra environment, from `dir`.
+pub fn ignis_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Cli {
     let out = Command::new(env!("CARGO_BIN_EXE_ignis"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .current_dir(dir)
         .output()
         .expect("spawn ignis");
@@ -129,18 +133,23 @@ pub fn process_mentions(needle: &Path) -> bool {
 }
 
 /// A language image whose `/sbin/ignis-agent` is a busybox shell script,
-/// with the real kernel beside it, and the config to boot it. Runtime and
-/// log directories are private to the test.
+/// with the real kernel beside it, and the config and driver to boot it.
+/// Runtime and log directories are private to the test.
 #[derive(Debug)]
 pub struct FakeImage {
     /// Holds the image, runtime and log directories until the test ends.
     pub _tmp: TempDir,
     pub cfg: VmConfig,
+    pub driver: Qemu,
 }
 
 impl FakeImage {
     pub fn runtime_dir(&self) -> &Path {
         &self.cfg.runtime_dir
+    }
+
+    pub async fn boot(&self) -> Result<Vm, BootError> {
+        Vm::start(&self.driver, &self.cfg, Origin::Boot).await
     }
 }
 
@@ -153,14 +162,13 @@ fn mkfs() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Builds the fake image, or `None` (after saying why) if the host lacks
-/// the real kernel, busybox or mkfs.ext4.
-pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> Option<FakeImage> {
-    let real = images(&[])?;
+/// Builds the fake image; fails the test if the host lacks the real
+/// kernel, busybox or mkfs.ext4.
+pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> FakeImage {
+    let real = images(&[]);
     let busybox = Path::new("/bin/busybox");
     let (Some(mkfs), true) = (mkfs(), busybox.exists()) else {
-        eprintln!("SKIPPED: needs /bin/busybox (busybox-static) and mkfs.ext4 (e2fsprogs)");
-        return None;
+        panic!("prerequisite missing: /bin/busybox (busybox-static) and mkfs.ext4 (e2fsprogs)");
     };
     // Use the accelerator the real launcher settled on (its probe is cached).
     let accel = ignis_vmm::accel::choose(
@@ -227,16 +235,20 @@ pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> Option<FakeIma
     // The fake image goes through the same discovery as real ones.
     let catalog = Catalog::discover(&images);
     assert!(catalog.problems.is_empty(), "{:?}", catalog.problems);
-    let cfg = VmConfig {
-        kernel: catalog.kernel().expect("kernel").clone(),
-        image: catalog.language(FAKE_LANGUAGE).expect("fake").clone(),
-        accel,
-        boot_timeout: Duration::from_secs(5),
-        runtime_dir: tmp.path().join("run"),
-        log_dir: tmp.path().join("logs"),
-        qemu_binary: PathBuf::from("qemu-system-x86_64"),
-    };
-    Some(FakeImage { _tmp: tmp, cfg })
+    let mut cfg = VmConfig::new(
+        catalog.kernel().expect("kernel").clone(),
+        catalog.language(FAKE_LANGUAGE).expect("fake").clone(),
+        &Paths::new(tmp.path()),
+    );
+    cfg.boot_timeout = Duration::from_secs(5);
+    cfg.restore_timeout = Duration::from_secs(5);
+    cfg.runtime_dir = tmp.path().join("run");
+    cfg.log_dir = tmp.path().join("logs");
+    FakeImage {
+        _tmp: tmp,
+        cfg,
+        driver: Qemu::from_path(accel),
+    }
 }
 
 /// A fake agent that never says anything.
