@@ -17,5 +17,7 @@ pub mod queue;
 pub mod server;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_kit;
 pub mod webhook;
 pub mod worker;

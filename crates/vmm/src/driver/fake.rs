@@ -22,6 +22,7 @@ use super::{
     SnapshotFiles,
 };
 use crate::console::Console;
+use crate::memory::HostMemory;
 
 /// What one fake machine does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,8 @@ struct Shared {
     calls: Vec<Call>,
     /// Exit switches of machines that have not exited.
     live: Vec<watch::Sender<Option<String>>>,
+    /// What every machine says it costs the host.
+    memory: Option<HostMemory>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +74,7 @@ impl Default for FakeDriver {
                 script: VecDeque::new(),
                 calls: Vec::new(),
                 live: Vec::new(),
+                memory: None,
             })),
             gate: Arc::new(watch::channel(true).0),
         }
@@ -103,6 +107,11 @@ impl FakeDriver {
         for t in self.lock().live.drain(..) {
             t.send_replace(Some("crashed".into()));
         }
+    }
+
+    /// Every machine reports this host memory use (none by default).
+    pub fn set_host_memory(&self, memory: HostMemory) {
+        self.lock().memory = Some(memory);
     }
 
     /// Agents started from now on wait here before their first word.
@@ -242,6 +251,10 @@ impl Machine for FakeMachine {
 
     fn pid(&self) -> Option<u32> {
         None
+    }
+
+    fn host_memory(&self) -> Option<HostMemory> {
+        self.driver.lock().memory
     }
 
     fn console(&self) -> &Console {

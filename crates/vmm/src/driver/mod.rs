@@ -162,6 +162,11 @@ pub trait Machine: Send + Debug {
     /// The VMM's process id on the host, while it runs.
     fn pid(&self) -> Option<u32>;
 
+    /// What the VMM process costs the host now.
+    fn host_memory(&self) -> Option<crate::memory::HostMemory> {
+        crate::memory::of_process(self.pid()?).ok()
+    }
+
     /// What the guest printed on its console, and the VMM's own complaints.
     fn console(&self) -> &Console;
 }

@@ -317,7 +317,7 @@ impl Vm {
 
     /// What the VMM process costs the host right now.
     pub fn host_memory(&self) -> Option<HostMemory> {
-        crate::memory::of_process(self.machine.pid()?).ok()
+        self.machine.host_memory()
     }
 
     /// Liveness check: the agent answers a ping.

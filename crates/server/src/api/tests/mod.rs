@@ -5,7 +5,6 @@
 //! catalog holds one fake Python image. No worker runs and no pool refills,
 //! so nothing ever boots: a job stays where the API put it.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 pub(super) use std::time::Duration;
@@ -13,11 +12,7 @@ pub(super) use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use ignis_vmm::accel::AccelChoice;
 use ignis_vmm::driver::fake::FakeDriver;
-use ignis_vmm::image::{Catalog, ImageProblem, KernelImage, LanguageImage, Manifest};
-use ignis_vmm::paths::Paths;
-use ignis_vmm::{Accel, Launcher};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -29,45 +24,6 @@ use crate::state::Services;
 use crate::store::sqlite::SqliteStore;
 
 pub(super) const PROBLEM_JSON: &str = "application/problem+json";
-
-/// A launcher that knows one language, over the fake driver: nothing here
-/// asks for a VM, and if something did it would get a fake one, not a hang.
-pub(super) fn fake_launcher(dir: &std::path::Path) -> Launcher {
-    let python = LanguageImage {
-        rootfs: dir.join("python/rootfs.ext4"),
-        manifest: Manifest {
-            language: "python".into(),
-            version: "Python 3.11.2".into(),
-            extensions: vec!["py".into()],
-            source_file: "main.py".into(),
-            compiled: false,
-            vm_memory_mib: 512,
-            rootfs_bytes: 0,
-            key: "test".into(),
-        },
-    };
-    Launcher::with_driver(
-        Paths::new(dir),
-        Catalog {
-            dir: dir.join("images"),
-            kernel: Err(ImageProblem {
-                name: "kernel".into(),
-                problem: "not built in unit tests".into(),
-            }),
-            languages: BTreeMap::from([("python".to_owned(), python)]),
-            problems: vec![],
-        },
-        KernelImage {
-            path: dir.join("vmlinux"),
-            key: "test".into(),
-        },
-        AccelChoice {
-            accel: Accel::Tcg,
-            reason: "unit test".into(),
-        },
-        Arc::new(FakeDriver::default()),
-    )
-}
 
 /// The services behind one test's router, and the directory they live in.
 pub(super) struct Harness {
@@ -88,7 +44,7 @@ pub(super) fn harness_with(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
     let store = SqliteStore::open(&dir.path().join("ignis.db")).expect("open store");
     let svc = crate::embedded::assemble(
         cfg,
-        fake_launcher(dir.path()),
+        crate::test_kit::fake_launcher(dir.path(), FakeDriver::default()),
         Arc::new(store),
         b"secret".to_vec(),
     );
