@@ -521,3 +521,7 @@ impl Snapshots {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "snapshot_tests.rs"]
+mod tests;
