@@ -1,4 +1,4 @@
-//! `ignis images build|list`.
+//! `ignis images build|snapshot|list`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use ignis_vmm::image::build::{self, BuildOptions, Built};
 use ignis_vmm::image::Catalog;
 use ignis_vmm::paths::Paths;
+use ignis_vmm::snapshot::SnapshotStore;
+use ignis_vmm::Launcher;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -25,7 +27,12 @@ pub enum Command {
         )]
         mirror: String,
     },
-    /// List the images found, and what is wrong with those that are unusable.
+    /// Make the snapshot of each language (all when none is named) that VMs
+    /// are restored from: boot once, warm the runtime, save. Cached: a
+    /// sound snapshot for the current kernel, image and VMM is kept.
+    Snapshot { languages: Vec<String> },
+    /// List the images and snapshots found, and what is wrong with those
+    /// that are unusable.
     List,
 }
 
@@ -84,6 +91,7 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Snapshot { languages } => snapshot(paths, languages),
         Command::List => {
             let c = Catalog::discover(&paths.images());
             match &c.kernel {
@@ -100,6 +108,15 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
             for p in &c.problems {
                 println!("{:8} UNUSABLE: {}", p.name, p.problem);
             }
+            for (name, snap) in SnapshotStore::new(paths.snapshots()).list() {
+                match snap {
+                    Ok(s) => println!(
+                        "snapshot {name} ({} MiB guest, {}, source ready in {} ms)",
+                        s.meta.memory_mib, s.meta.runtime_version, s.meta.source_ready_ms
+                    ),
+                    Err(p) => println!("snapshot {name} UNUSABLE: {p}"),
+                }
+            }
             Ok(if c.problems.is_empty() && c.kernel.is_ok() {
                 ExitCode::SUCCESS
             } else {
@@ -107,4 +124,36 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn snapshot(paths: Paths, languages: Vec<String>) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async {
+        let launcher = Launcher::new(paths).await?;
+        let languages = if languages.is_empty() {
+            launcher.catalog.languages.keys().cloned().collect()
+        } else {
+            languages
+        };
+        let mut failed = false;
+        for language in languages {
+            let started = std::time::Instant::now();
+            match launcher.snapshot(&language).await {
+                Ok(s) => eprintln!(
+                    "snapshot {language}: {} ({} s)",
+                    s.dir.display(),
+                    started.elapsed().as_secs()
+                ),
+                Err(e) => {
+                    eprintln!("snapshot {language}: FAILED: {e}");
+                    failed = true;
+                }
+            }
+        }
+        Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
 }
