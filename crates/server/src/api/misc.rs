@@ -50,6 +50,8 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
         } else {
             "ok"
         },
+        driver: l.driver.name(),
+        snapshots: l.snapshots.is_some(),
         accel: l.accel.accel.to_string(),
         accel_reason: l.accel.reason.clone(),
         languages: l.catalog.languages.keys().cloned().collect(),

@@ -74,6 +74,10 @@ pub struct PoolView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: &'static str,
+    /// The VM driver, e.g. `qemu`.
+    pub driver: &'static str,
+    /// VMs are restored from per-language snapshots (off: every VM boots).
+    pub snapshots: bool,
     pub accel: String,
     pub accel_reason: String,
     pub languages: Vec<String>,

@@ -24,6 +24,8 @@ async fn health_needs_no_key_and_reports_the_catalog() {
     let health = r.json();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["accel"], "tcg");
+    assert_eq!(health["driver"], "fake");
+    assert_eq!(health["snapshots"], true);
     assert_eq!(health["languages"], json!(["python"]));
     assert_eq!(health["queue_depth"], 1);
 }
