@@ -282,7 +282,9 @@ type Step<'a> = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + 'a>>;
 impl FakeAgent {
     async fn serve(mut self) {
         let mut exit_rx = self.exit.subscribe();
+        // Biased: a fake agent whose VMM is gone answers nothing more.
         tokio::select! {
+            biased;
             _ = exit_rx.wait_for(Option::is_some) => {}
             r = self.talk() => {
                 if let Err(e) = r {

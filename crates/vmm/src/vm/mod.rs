@@ -246,7 +246,9 @@ impl Vm {
             };
             Ok((conn, version))
         };
+        // Biased: what the guest already sent is read before its death counts.
         let outcome = tokio::select! {
+            biased;
             r = tokio::time::timeout(timeout, handshake) => r.unwrap_or(Err(Failure::Timeout)),
             status = machine.exited() => Err(Failure::Exited(status)),
         };
@@ -325,8 +327,8 @@ impl Vm {
         if !matches!(self.state, VmState::Ready | VmState::Finished) {
             return Err(RunError::NotReady(self.state));
         }
-        let conn = &mut self.conn;
-        let r = tokio::time::timeout(timeout, async {
+        let (conn, machine) = (&mut self.conn, &mut self.machine);
+        let exchange = tokio::time::timeout(timeout, async {
             conn.send(&HostMessage::Ping)
                 .await
                 .map_err(RunError::Channel)?;
@@ -337,11 +339,16 @@ impl Vm {
                     kind(&other)
                 ))),
             }
-        })
-        .await
-        .unwrap_or(Err(RunError::Timeout {
-            ms: timeout.as_millis() as u64,
-        }));
+        });
+        // Biased the other way: a VMM that is gone fails the check even if
+        // a stale answer is still in flight.
+        let r = tokio::select! {
+            biased;
+            status = machine.exited() => Err(RunError::Exited { status }),
+            r = exchange => r.unwrap_or(Err(RunError::Timeout {
+                ms: timeout.as_millis() as u64,
+            })),
+        };
         if r.is_err() {
             self.state = VmState::Failed;
         }
@@ -388,7 +395,11 @@ impl Vm {
                 }
             }
         };
+        // Biased: output the guest sent before its VMM died is read (and
+        // streamed) before the death ends the run, so a caller never retries
+        // a program whose output someone already saw.
         let result = tokio::select! {
+            biased;
             r = tokio::time::timeout(deadline, exchange) => r.unwrap_or(Err(RunError::Timeout { ms: deadline.as_millis() as u64 })),
             status = machine.exited() => Err(RunError::Exited { status }),
         };
