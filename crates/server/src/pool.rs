@@ -585,3 +585,7 @@ async fn refill(inner: Arc<Inner>, language: String) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

@@ -223,3 +223,7 @@ async fn attempt_all(svc: &Arc<Services>, job: &Job) -> Ending {
         timings,
     )
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;
