@@ -1,5 +1,9 @@
 pub mod bench;
 pub mod bench_api;
+pub mod bench_native;
+pub mod bench_table;
+pub mod bench_util;
+pub mod bench_vm;
 pub mod images;
 pub mod keys;
 pub mod remote;
