@@ -99,6 +99,9 @@ fn serve(started: Instant) -> Result<(), String> {
         let reply = match msg {
             HostMessage::Ping => GuestMessage::Pong,
             HostMessage::Resume(r) => GuestMessage::Resumed(resume(r)?),
+            HostMessage::Warm => GuestMessage::Warmed {
+                duration_ms: runner.warm(),
+            },
             HostMessage::Run(req) => {
                 let mut send = |m: GuestMessage| {
                     write_frame(&mut chan, &m, GUEST_FRAME_MAX)

@@ -26,6 +26,12 @@ pub enum HostMessage {
     /// kernel random state, clock and name; this makes it unique. The agent
     /// answers `Resumed`.
     Resume(Resume),
+    /// Runs the image's warm-up commands the way programs run (unprivileged,
+    /// in a cgroup of their own), output discarded; the agent answers
+    /// `Warmed`. A VM restored from a snapshot starts with everything in
+    /// its page cache but with a cold VMM (under TCG, nothing translated
+    /// yet): a pooled VM is warmed before it waits for a job.
+    Warm,
 }
 
 /// What a restored guest needs from the host to stop being a copy.
@@ -114,6 +120,8 @@ pub enum GuestMessage {
     Pong,
     /// Answer to `Resume`: the guest took the entropy, clock and id.
     Resumed(Resumed),
+    /// Answer to `Warm`.
+    Warmed { duration_ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

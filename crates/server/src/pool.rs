@@ -519,6 +519,33 @@ impl Inner {
     }
 }
 
+/// How long a pooled VM's warm-up may take.
+const WARM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A VM for the pool: started, and warmed when it was restored (a booted
+/// VM warmed itself while booting). Under TCG a restored guest's VMM has
+/// translated nothing yet; without this its first job would pay for that,
+/// and a pool is there for latency.
+async fn start_warm(launcher: &Launcher, language: &str) -> Result<Vm, String> {
+    let mut vm = launcher.start(language).await.map_err(|e| e.to_string())?;
+    if vm.info().restored {
+        match vm.warm(WARM_TIMEOUT).await {
+            Ok(took) => {
+                tracing::debug!(vm = %vm.info().id, ms = took.as_millis() as u64, "pooled VM warmed")
+            }
+            Err(e) => {
+                let log = vm.destroy().await;
+                let log = log.map(|p| format!(" (console log in {})", p.display()));
+                return Err(format!(
+                    "warming a restored VM failed: {e}{}",
+                    log.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    Ok(vm)
+}
+
 /// Keeps `warm` ready VMs of one language, backing off after failed boots.
 async fn refill(inner: Arc<Inner>, language: String) {
     let Ok(mib) = inner.vm_mib(&language) else {
@@ -556,7 +583,7 @@ async fn refill(inner: Arc<Inner>, language: String) {
         // Shutdown drops a start half-way: the VMM dies with its handle,
         // and the guards give back the count and the share.
         let started = tokio::select! {
-            r = inner.launcher.start(&language) => r,
+            r = start_warm(&inner.launcher, &language) => r,
             () = inner.shutdown.cancelled() => return,
         };
         match started {

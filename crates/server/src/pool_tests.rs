@@ -158,7 +158,8 @@ async fn warm_acquire_takes_the_pooled_vm_without_starting_one() {
     let t = setup(config(1, 1, 4096), true);
     t.pools.start_refill();
     t.settle("a warm VM", |s| s.sizes("python") == (1, 0)).await;
-    // The first start made the snapshot, then restored from it.
+    // The first start made the snapshot, then restored from it, and the
+    // restored VM was warmed before it joined the pool.
     let before = t.driver.calls();
     assert_eq!(
         before,
@@ -168,7 +169,8 @@ async fn warm_acquire_takes_the_pooled_vm_without_starting_one() {
             },
             Call::Snapshot,
             Call::Stop,
-            Call::Restore
+            Call::Restore,
+            Call::Warm,
         ]
     );
 
@@ -184,7 +186,7 @@ async fn warm_acquire_takes_the_pooled_vm_without_starting_one() {
     t.settle("the pool refilled", |s| s.sizes("python") == (1, 0))
         .await;
     assert_eq!(t.vm_starts(), 2);
-    assert_eq!(t.driver.calls().last(), Some(&Call::Restore));
+    assert!(t.driver.calls().ends_with(&[Call::Restore, Call::Warm]));
 
     t.pools.shutdown().await;
     assert_eq!(t.driver.live(), 0);
@@ -218,6 +220,22 @@ async fn refill_keeps_the_warm_target() {
     t.pools.shutdown().await;
     assert_eq!(t.driver.live(), 0);
     assert_eq!(t.used(), (0, 0));
+}
+
+#[tokio::test]
+async fn a_vm_started_for_a_job_is_restored_but_not_warmed() {
+    // Warming costs what the job's first run would: a job that waits for
+    // its VM should not pay it twice.
+    let t = setup(config(0, 2, 4096), true);
+    let mut lease = t.pools.acquire("python").await.expect("a VM");
+    assert!(!lease.warm);
+    let calls = t.driver.calls();
+    assert_eq!(calls.last(), Some(&Call::Restore), "{calls:?}");
+    assert!(!calls.contains(&Call::Warm), "{calls:?}");
+    run_on(&mut lease, "cold\n").await;
+    drop(lease);
+    t.pools.shutdown().await;
+    assert_eq!(t.driver.live(), 0);
 }
 
 #[tokio::test]

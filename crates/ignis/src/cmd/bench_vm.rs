@@ -176,6 +176,8 @@ pub struct MemoryBench {
     /// [`GROUP`] restored VMs idle at once: shared snapshot pages count
     /// 1/N in each, so the mean PSS drops.
     pub restored_group: IdleMemory,
+    /// The same VMs once warmed, as `ignis serve` keeps them in a pool.
+    pub pooled_group: IdleMemory,
 }
 
 /// Reading idle VMs: how often, how close two readings must be, how long
@@ -261,7 +263,8 @@ pub async fn memory(
     language: &str,
     runs: usize,
 ) -> anyhow::Result<MemoryBench> {
-    let (mut booted, mut alone, mut group) = (
+    let (mut booted, mut alone, mut group, mut pooled) = (
+        Readings::default(),
         Readings::default(),
         Readings::default(),
         Readings::default(),
@@ -279,6 +282,14 @@ pub async fn memory(
             vms.push(start(launcher, language, Origin::Restored).await?);
         }
         group.0.push(settled(&vms).await?);
+        // As `ignis serve` pools them: warmed after the restore, which
+        // fills the VMM's translated-code cache.
+        for vm in &mut vms {
+            vm.warm(Duration::from_secs(60))
+                .await
+                .context("warming a restored VM")?;
+        }
+        pooled.0.push(settled(&vms).await?);
         for vm in vms {
             vm.destroy().await;
         }
@@ -289,5 +300,6 @@ pub async fn memory(
         booted: booted.into_idle(1)?,
         restored,
         restored_group,
+        pooled_group: pooled.into_idle(GROUP)?,
     })
 }

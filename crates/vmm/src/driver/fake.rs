@@ -43,9 +43,13 @@ pub enum Behaviour {
 /// What the code under test asked of the driver, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Start { snapshot_source: bool },
+    Start {
+        snapshot_source: bool,
+    },
     Restore,
     Snapshot,
+    /// The agent was asked to warm up.
+    Warm,
     Stop,
 }
 
@@ -128,6 +132,7 @@ impl FakeDriver {
         let (exit, exit_rx) = watch::channel(None);
         self.lock().live.push(exit.clone());
         let agent = FakeAgent {
+            driver: self.clone(),
             io: guest,
             behaviour,
             restored,
@@ -270,6 +275,7 @@ impl Drop for FakeMachine {
 
 /// The guest side: a fake agent until its VMM exits.
 struct FakeAgent {
+    driver: FakeDriver,
     io: DuplexStream,
     behaviour: Behaviour,
     restored: bool,
@@ -326,6 +332,10 @@ impl FakeAgent {
                         reseeded: true,
                     }))
                     .await?
+                }
+                HostMessage::Warm => {
+                    self.driver.lock().calls.push(Call::Warm);
+                    self.send(&GuestMessage::Warmed { duration_ms: 1 }).await?
                 }
                 HostMessage::Run(req) => {
                     if self.behaviour == Behaviour::DieOnRun {

@@ -355,6 +355,40 @@ impl Vm {
         r
     }
 
+    /// Runs the image's warm-up inside the guest, the way programs run, so
+    /// that the first job does not pay for a cold VMM: under TCG a restored
+    /// guest has nothing translated yet. Allowed only on a ready VM that
+    /// ran nothing; it stays ready. Returns the guest's own timing.
+    pub async fn warm(&mut self, timeout: Duration) -> Result<Duration, RunError> {
+        if self.state != VmState::Ready {
+            return Err(RunError::NotReady(self.state));
+        }
+        let (conn, machine) = (&mut self.conn, &mut self.machine);
+        let exchange = tokio::time::timeout(timeout, async {
+            conn.send(&HostMessage::Warm)
+                .await
+                .map_err(RunError::Channel)?;
+            match conn.recv().await.map_err(RunError::Channel)? {
+                GuestMessage::Warmed { duration_ms } => Ok(Duration::from_millis(duration_ms)),
+                other => Err(RunError::Protocol(format!(
+                    "expected warmed, got {}",
+                    kind(&other)
+                ))),
+            }
+        });
+        let r = tokio::select! {
+            biased;
+            r = exchange => r.unwrap_or(Err(RunError::Timeout {
+                ms: timeout.as_millis() as u64,
+            })),
+            status = machine.exited() => Err(RunError::Exited { status }),
+        };
+        if r.is_err() {
+            self.state = VmState::Failed;
+        }
+        r
+    }
+
     /// Runs one program. `deadline` bounds the whole exchange on the host side
     /// (the agent enforces the program's own limits); past it the VM is
     /// considered hung. `on_event` sees phases and output as they arrive.
@@ -585,6 +619,7 @@ fn kind(m: &GuestMessage) -> &'static str {
         GuestMessage::Result(_) => "result",
         GuestMessage::Pong => "pong",
         GuestMessage::Resumed(_) => "resumed",
+        GuestMessage::Warmed { .. } => "warmed",
     }
 }
 
