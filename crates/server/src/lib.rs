@@ -9,12 +9,14 @@ pub mod api;
 pub mod config;
 pub mod embedded;
 pub mod events;
+pub mod fleet;
 pub mod job;
 pub mod keys;
 pub mod metrics;
 pub mod pool;
 pub mod queue;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod store;
 #[cfg(test)]

@@ -76,12 +76,16 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     if a.dev {
         eprintln!("ignis: *** DEV MODE: NO AUTHENTICATION; anyone on this host can run code ***");
     }
+    let pools = svc
+        .pools
+        .as_ref()
+        .context("the embedded service has pools")?;
     eprintln!(
         "ignis: serving on http://{} (accelerator {}: {}; languages: {})",
         listener.local_addr()?,
-        svc.pools.launcher().accel.accel,
-        svc.pools.launcher().accel.reason,
-        svc.pools
+        pools.launcher().accel.accel,
+        pools.launcher().accel.reason,
+        pools
             .launcher()
             .catalog
             .languages
