@@ -7,6 +7,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
