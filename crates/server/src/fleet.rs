@@ -53,10 +53,16 @@ pub struct WorkerStatus {
 pub trait Fleet: Send + Sync + std::fmt::Debug + 'static {
     fn workers(&self) -> Vec<WorkerStatus>;
 
-    /// A language as the fleet offers it: the first worker's description,
-    /// with the pools of all workers added up.
+    /// A language jobs may be submitted in: one a live worker has, or one
+    /// a worker had lately (its job waits in the queue for a worker to
+    /// come back). With the pools of the live workers added up.
     fn language(&self, name: &str) -> Option<LanguageInfo> {
         self.languages().remove(name)
+    }
+
+    /// The names [`Fleet::language`] knows.
+    fn known(&self) -> Vec<String> {
+        self.languages().into_keys().collect()
     }
 
     /// Every language some worker has, pools added up over the workers.

@@ -64,14 +64,20 @@ impl From<StoreError> for ServiceError {
 
 /// The language a submission names, as the fleet offers it now.
 pub fn language(svc: &Services, name: &str) -> Result<LanguageInfo, ServiceError> {
-    let languages = svc.fleet.languages();
-    match languages.get(name) {
-        Some(l) => Ok(l.clone()),
-        None => Err(ServiceError::UnknownLanguage {
-            language: name.to_owned(),
-            known: languages.into_keys().collect(),
-        }),
+    if let Some(l) = svc.fleet.language(name) {
+        return Ok(l);
     }
+    let known = svc.fleet.known();
+    if known.is_empty() {
+        // Nothing can be said about the language before a worker spoke.
+        return Err(ServiceError::Unavailable(
+            "no worker has announced itself yet".into(),
+        ));
+    }
+    Err(ServiceError::UnknownLanguage {
+        language: name.to_owned(),
+        known,
+    })
 }
 
 /// An accepted job, and its events when the caller wants to wait for it.

@@ -113,6 +113,13 @@ pub(crate) fn child_setup(
     }
 }
 
+/// Starts `cmd` as a child that is killed (SIGKILL) if this test process
+/// dies first, so a crashed test leaves no process behind.
+pub fn spawn_owned(mut cmd: std::process::Command) -> std::io::Result<Child> {
+    child_setup(&mut cmd, None, libc::SIGKILL);
+    spawn_from_keeper(cmd)
+}
+
 /// Starts children from one thread that lives as long as the process: a
 /// parent-death signal fires when the *thread* that forked a child ends,
 /// and test threads end with each test.

@@ -1,3 +1,4 @@
+pub mod api;
 pub mod bench;
 pub mod bench_api;
 pub mod bench_native;
@@ -9,6 +10,7 @@ pub mod keys;
 pub mod remote;
 pub mod run;
 pub mod serve;
+pub mod worker;
 
 /// Exit code when Ignis itself failed (BSD's EX_SOFTWARE).
 pub const EXIT_INTERNAL: u8 = 70;

@@ -97,7 +97,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     ignis_server::server::run(listener, shutdown_signal(), svc).await
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -72,6 +72,7 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
                 running: w.running,
                 draining: w.draining,
                 accel: w.accel.clone(),
+                jobs: w.jobs.values().sum(),
             })
             .collect(),
         problem,

@@ -102,4 +102,6 @@ pub struct WorkerHealth {
     pub running: usize,
     pub draining: bool,
     pub accel: String,
+    /// Jobs it ended since it started (any verdict, or canceled).
+    pub jobs: u64,
 }

@@ -9,6 +9,7 @@
 //! result is stored, and a delivery it never acknowledges comes back.
 
 pub mod memory;
+pub mod nats;
 
 use async_trait::async_trait;
 
