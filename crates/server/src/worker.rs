@@ -323,3 +323,7 @@ where
 #[cfg(test)]
 #[path = "worker_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "worker_delivery_tests.rs"]
+mod delivery_tests;

@@ -407,3 +407,7 @@ impl JobQueue for NatsQueue {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "nats_tests.rs"]
+mod tests;
