@@ -1,6 +1,7 @@
 pub mod api;
 pub mod bench;
 pub mod bench_api;
+pub mod bench_dist;
 pub mod bench_native;
 pub mod bench_table;
 pub mod bench_util;
