@@ -41,9 +41,8 @@ pub struct Args {
     /// Largest timeout a job may ask for, in seconds.
     #[arg(long, default_value_t = 60)]
     pub max_timeout: u64,
-    /// Boot every VM instead of restoring it from its language's snapshot.
-    #[arg(long)]
-    pub no_snapshot: bool,
+    #[command(flatten)]
+    pub vm: super::VmFlags,
 }
 
 pub fn main(a: Args) -> anyhow::Result<ExitCode> {
@@ -67,7 +66,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     cfg.allow_private_webhooks = a.allow_private_webhooks;
     cfg.shutdown_grace = Duration::from_secs(a.shutdown_grace);
     cfg.maxima.timeout_ms = a.max_timeout.saturating_mul(1000);
-    cfg.snapshots = !a.no_snapshot;
+    cfg.launch = a.vm.options();
 
     let svc = ignis_server::embedded::services(cfg, Paths::from_env()).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)

@@ -13,20 +13,20 @@
 //! Untouched pages stay shared in the host page cache between every guest
 //! restored from one snapshot; a page a guest writes becomes its own.
 
-use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use tokio::net::UnixListener;
-use tokio::process::{Child, Command};
 
 use super::{
-    qmp, Accel, AgentFuture, AgentStream, Driver, DriverError, GuestMemory, GuestParams, Machine,
-    MachineSpec, SnapshotFiles,
+    qmp, Accel, AgentFuture, AgentStream, Driver, DriverError, GuestMemory, Machine, MachineSpec,
+    SnapshotFiles,
 };
+mod args;
 use crate::console::Console;
+use crate::jail::{self, Containment, VmmProcess};
+pub use args::{kernel_cmdline, qemu_args, Mode, QemuArgs};
 
 /// Bumped whenever the machine layout (devices, their order or options)
 /// changes: a snapshot only restores into the layout it was saved from.
@@ -42,19 +42,28 @@ const INCOMING_FD: RawFd = 3;
 pub struct Qemu {
     binary: PathBuf,
     accel: Accel,
+    containment: Containment,
 }
 
+/// What a QEMU process may use beyond its guest's memory: its own heap,
+/// devices and the translated-code buffer (bounded by `tb-size`).
+const OVERHEAD_MIB: u64 = 512;
+/// The TCG translated-code buffer, in MiB: enough for any guest we run
+/// (a Python start translates ~30 MiB), small enough to bound QEMU.
+const TB_SIZE_MIB: u64 = 256;
+
 impl Qemu {
-    pub fn new(binary: impl Into<PathBuf>, accel: Accel) -> Qemu {
+    pub fn new(binary: impl Into<PathBuf>, accel: Accel, containment: Containment) -> Qemu {
         Qemu {
             binary: binary.into(),
             accel,
+            containment,
         }
     }
 
     /// `qemu-system-x86_64` from `PATH`.
-    pub fn from_path(accel: Accel) -> Qemu {
-        Qemu::new("qemu-system-x86_64", accel)
+    pub fn from_path(accel: Accel, containment: Containment) -> Qemu {
+        Qemu::new("qemu-system-x86_64", accel, containment)
     }
 
     fn cpu(&self) -> &'static str {
@@ -69,6 +78,10 @@ impl Qemu {
         spec: &MachineSpec<'_>,
         mode: Mode<'_>,
     ) -> Result<Box<dyn Machine>, DriverError> {
+        let binary = resolve(&self.binary).ok_or_else(|| DriverError::Spawn {
+            binary: self.binary.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
         let agent_socket = spec.dir.join("agent.sock");
         let listener = UnixListener::bind(&agent_socket)
             .map_err(DriverError::io("binding the agent socket"))?;
@@ -99,42 +112,75 @@ impl Qemu {
             agent_socket: &agent_socket,
             qmp_socket: qmp_socket.as_deref(),
         });
-        tracing::debug!(binary = %self.binary.display(), ?args, "spawning QEMU");
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(state) = &incoming {
-            let fd = state.as_raw_fd();
-            let filter = crate::seccomp::private_memory_filter()
-                .map_err(DriverError::io("building the restore seccomp filter"))?;
-            // SAFETY: the closure runs in the child between fork and exec and
-            // only makes async-signal-safe system calls (dup2, fcntl, prctl,
-            // seccomp) on data prepared before the fork.
-            unsafe {
-                cmd.pre_exec(move || {
-                    pass_fd(fd, INCOMING_FD)?;
-                    crate::seccomp::apply(&filter)
-                });
+        let memory_file = match mode {
+            Mode::Boot(GuestMemory::Anonymous) => None,
+            Mode::Boot(GuestMemory::SnapshotSource(f)) => Some(f.to_path_buf()),
+            Mode::Restore(snap) => Some(snap.memory()),
+        };
+        if let Containment::Jailed(j) = &self.containment {
+            // The jailed QEMU reaches its sockets and (QEMU 7.2 opens it
+            // read-write even to map it privately) the RAM file as its user.
+            let owned = [spec.dir, &agent_socket]
+                .into_iter()
+                .chain(qmp_socket.as_deref())
+                .chain(memory_file.as_deref());
+            for p in owned {
+                std::os::unix::fs::chown(p, Some(j.uid), Some(j.gid)).map_err(DriverError::io(
+                    format!("handing {} to the VMM user", p.display()),
+                ))?;
             }
         }
-        let mut child = cmd.spawn().map_err(|source| DriverError::Spawn {
-            binary: self.binary.clone(),
+        let mut mounts = jail::system_mounts();
+        mounts.extend([
+            jail::Mount::ro(spec.kernel),
+            jail::Mount::ro(spec.rootfs),
+            // The VM's own directory (its sockets), not the jail inside it.
+            jail::Mount::rw(spec.dir),
+        ]);
+        mounts.extend(memory_file.map(jail::Mount::rw));
+        if self.accel == Accel::Kvm {
+            mounts.push(jail::Mount::Device("/dev/kvm".into()));
+        }
+        let seccomp = match mode {
+            Mode::Restore(_) => crate::seccomp::restored_vmm_filters()
+                .map_err(DriverError::io("building the restore seccomp filters"))?,
+            Mode::Boot(_) => Vec::new(),
+        };
+        tracing::debug!(binary = %binary.display(), ?args, "spawning QEMU");
+        let dir_name = spec.dir.file_name().unwrap_or_default().to_string_lossy();
+        let spawned = jail::spawn(
+            &self.containment,
+            jail::Spawn {
+                id: dir_name.trim_start_matches("vm-"),
+                root: &spec.dir.join("root"),
+                program: &binary,
+                args: &args,
+                mounts,
+                limits: jail::Limits {
+                    memory_bytes: (spec.memory_mib + OVERHEAD_MIB) << 20,
+                    cpu_quota_us: 100_000,
+                    pids: 128,
+                },
+                pass_fd: incoming.as_ref().map(|f| (f.as_raw_fd(), INCOMING_FD)),
+                seccomp,
+            },
+        )
+        .await
+        .map_err(|source| DriverError::Spawn {
+            binary: binary.clone(),
             source,
         })?;
         drop(incoming);
         let console = Console::default();
-        if let Some(out) = child.stdout.take() {
-            console.capture(out);
-        }
-        if let Some(err) = child.stderr.take() {
-            console.capture(err);
+        console.capture(spawned.stdout);
+        console.capture(spawned.stderr);
+        let process = spawned.process;
+        if let Some(name) = process.pid().and_then(jail::process_name) {
+            // Lets a later Ignis process find and kill it if this one dies.
+            let _ = std::fs::write(spec.dir.join(jail::VMM_FILE), name);
         }
         Ok(Box::new(QemuMachine {
-            child,
-            status: None,
+            process,
             agent: Some(listener),
             qmp,
             restoring: matches!(mode, Mode::Restore(_)),
@@ -142,22 +188,6 @@ impl Qemu {
             console,
         }))
     }
-}
-
-/// Makes `fd` the child's descriptor `target`, open across exec.
-fn pass_fd(fd: RawFd, target: RawFd) -> std::io::Result<()> {
-    // SAFETY: plain descriptor syscalls on descriptors this process owns.
-    unsafe {
-        if fd == target {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        } else if libc::dup2(fd, target) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -203,9 +233,7 @@ impl Driver for Qemu {
 
 #[derive(Debug)]
 struct QemuMachine {
-    child: Child,
-    /// How the process ended, once it has.
-    status: Option<String>,
+    process: VmmProcess,
     /// Where the agent's connection arrives, until it is asked for.
     agent: Option<UnixListener>,
     /// Where QEMU's QMP monitor connects, until it is used.
@@ -243,16 +271,7 @@ impl Machine for QemuMachine {
     }
 
     async fn exited(&mut self) -> String {
-        if let Some(s) = &self.status {
-            return s.clone();
-        }
-        let s = self
-            .child
-            .wait()
-            .await
-            .map_or_else(|e| e.to_string(), |s| s.to_string());
-        self.status = Some(s.clone());
-        s
+        self.process.wait().await
     }
 
     async fn snapshot(&mut self, into: SnapshotFiles<'_>) -> Result<(), DriverError> {
@@ -271,154 +290,21 @@ impl Machine for QemuMachine {
     }
 
     async fn stop(&mut self) {
-        let _ = self.child.start_kill();
-        self.exited().await;
+        self.process.kill();
+        self.process.wait().await;
     }
 
     fn kill(&mut self) {
-        let _ = self.child.start_kill();
+        self.process.kill();
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.process.pid()
     }
 
     fn console(&self) -> &Console {
         &self.console
     }
-}
-
-/// How the VMM starts.
-#[derive(Debug, Clone, Copy)]
-pub enum Mode<'a> {
-    Boot(GuestMemory<'a>),
-    Restore(SnapshotFiles<'a>),
-}
-
-/// Everything the command line depends on.
-#[derive(Debug, Clone, Copy)]
-pub struct QemuArgs<'a> {
-    pub spec: &'a MachineSpec<'a>,
-    pub accel: Accel,
-    pub cpu: &'a str,
-    pub mode: Mode<'a>,
-    /// The host listens here; QEMU connects and carries the virtio-serial port.
-    pub agent_socket: &'a Path,
-    pub qmp_socket: Option<&'a Path>,
-}
-
-/// QEMU's option syntax splits on commas; a literal comma is written twice.
-fn opt_path(p: &Path) -> String {
-    p.to_string_lossy().replace(',', ",,")
-}
-
-pub fn kernel_cmdline(guest: &GuestParams, accel: Accel) -> String {
-    let mut words = vec![
-        "console=ttyS0".to_string(),
-        "quiet".into(),
-        "root=/dev/vda".into(),
-        "ro".into(),
-        "rootfstype=ext4".into(),
-        "init=/sbin/ignis-agent".into(),
-        // A panic, or the agent's deliberate reboot, ends the VM at once
-        // (QEMU runs with -no-reboot).
-        "panic=-1".into(),
-        "reboot=t".into(),
-        "ignis.channel=serial".into(),
-        format!("ignis.time={}", guest.unix_time),
-        format!("ignis.vm={}", guest.vm_id),
-    ];
-    if accel == Accel::Tcg {
-        // Without these, about one TCG boot in ten hangs calibrating the TSC.
-        if let Some(khz) = guest.tsc_khz {
-            words.push(format!("tsc_early_khz={khz}"));
-        }
-        words.push("tsc=reliable".into());
-    }
-    words.join(" ")
-}
-
-pub fn qemu_args(a: &QemuArgs<'_>) -> Vec<OsString> {
-    let spec = a.spec;
-    let memory_file = match a.mode {
-        Mode::Boot(GuestMemory::Anonymous) => None,
-        Mode::Boot(GuestMemory::SnapshotSource(file)) => Some((file.to_path_buf(), "on")),
-        Mode::Restore(snap) => Some((snap.memory(), "off")),
-    };
-    let machine = match &memory_file {
-        Some(_) => "microvm,memory-backend=mem",
-        None => "microvm",
-    };
-    let mut args: Vec<String> = vec![
-        "-M".into(),
-        machine.into(),
-        "-m".into(),
-        format!("{}M", spec.memory_mib),
-        "-smp".into(),
-        "1".into(),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        "-nographic".into(),
-        "-no-reboot".into(),
-        // QEMU's own seccomp filter: no new processes, no privilege games.
-        "-sandbox".into(),
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-        "-accel".into(),
-        a.accel.to_string(),
-        "-cpu".into(),
-        a.cpu.into(),
-    ];
-    if let Some((file, share)) = &memory_file {
-        args.extend([
-            "-object".into(),
-            format!(
-                "memory-backend-file,id=mem,size={}M,mem-path={},share={share}",
-                spec.memory_mib,
-                opt_path(file)
-            ),
-        ]);
-    }
-    args.extend([
-        "-kernel".into(),
-        spec.kernel.to_string_lossy().into_owned(),
-        "-append".into(),
-        kernel_cmdline(spec.guest, a.accel),
-        "-drive".into(),
-        format!(
-            "id=root,file={},format=raw,if=none,readonly=on",
-            opt_path(spec.rootfs)
-        ),
-        "-device".into(),
-        "virtio-blk-device,drive=root".into(),
-        "-device".into(),
-        "virtio-rng-device".into(),
-        // Pages the guest frees go back to the host while it runs.
-        "-device".into(),
-        "virtio-balloon-device,free-page-reporting=on".into(),
-        "-device".into(),
-        "virtio-serial-device,max_ports=2".into(),
-        "-chardev".into(),
-        format!("socket,id=agent,path={}", opt_path(a.agent_socket)),
-        "-device".into(),
-        format!(
-            "virtserialport,chardev=agent,name={}",
-            ignis_protocol::SERIAL_PORT_NAME
-        ),
-        "-serial".into(),
-        "stdio".into(),
-    ]);
-    if let Some(qmp) = a.qmp_socket {
-        args.extend([
-            "-chardev".into(),
-            format!("socket,id=qmp,path={}", opt_path(qmp)),
-            "-mon".into(),
-            "chardev=qmp,mode=control".into(),
-        ]);
-    }
-    if let Mode::Restore(_) = a.mode {
-        args.extend(["-incoming".into(), "defer".into()]);
-    }
-    args.into_iter().map(OsString::from).collect()
 }
 
 /// The host's TSC frequency, from the kernel's own record of it.
@@ -461,7 +347,7 @@ pub fn resolve(binary: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn host_cpu_model() -> String {
+pub(crate) fn host_cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines()
@@ -471,120 +357,4 @@ fn host_cpu_model() -> String {
             .unwrap_or_default()
     };
     format!("{} [{}]", field("model name"), field("flags"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn guest() -> GuestParams {
-        GuestParams {
-            vm_id: "0123456789ab".into(),
-            unix_time: 1_800_000_000,
-            tsc_khz: Some(2_596_124),
-        }
-    }
-
-    fn line(accel: Accel, mode: Mode<'_>, qmp: Option<&Path>) -> String {
-        let g = guest();
-        let spec = MachineSpec {
-            dir: Path::new("/run/ignis/vm-1"),
-            kernel: Path::new("/k/vmlinux"),
-            rootfs: Path::new("/images/we,ird/rootfs.ext4"),
-            memory_mib: 512,
-            guest: &g,
-        };
-        qemu_args(&QemuArgs {
-            spec: &spec,
-            accel,
-            cpu: if accel == Accel::Kvm {
-                "host"
-            } else {
-                "qemu64"
-            },
-            mode,
-            agent_socket: Path::new("/run/ignis/vm-1/agent.sock"),
-            qmp_socket: qmp,
-        })
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-    }
-
-    #[test]
-    fn tcg_gets_tsc_hints_and_no_nic() {
-        let l = line(Accel::Tcg, Mode::Boot(GuestMemory::Anonymous), None);
-        assert!(l.contains("-accel tcg -cpu qemu64"));
-        assert!(l.contains("tsc_early_khz=2596124 tsc=reliable"));
-        assert!(l.contains("ignis.vm=0123456789ab"));
-        assert!(l.contains("readonly=on"));
-        assert!(!l.contains("netdev") && !l.contains("-nic"));
-        assert!(l.contains("-nodefaults"));
-        assert!(!l.contains("memory-backend") && !l.contains("-incoming"));
-        assert!(!l.contains("-mon"), "only a snapshot source has a monitor");
-    }
-
-    #[test]
-    fn kvm_uses_host_cpu_without_tsc_hints() {
-        let l = line(Accel::Kvm, Mode::Boot(GuestMemory::Anonymous), None);
-        assert!(l.contains("-accel kvm -cpu host"));
-        assert!(!l.contains("tsc_early_khz"));
-    }
-
-    #[test]
-    fn commas_in_paths_are_escaped() {
-        let l = line(Accel::Tcg, Mode::Boot(GuestMemory::Anonymous), None);
-        assert!(l.contains("file=/images/we,,ird/rootfs.ext4,format=raw"));
-    }
-
-    #[test]
-    fn a_snapshot_source_shares_its_ram_file_and_has_a_monitor() {
-        let l = line(
-            Accel::Tcg,
-            Mode::Boot(GuestMemory::SnapshotSource(Path::new("/s/tmp/memory"))),
-            Some(Path::new("/run/ignis/vm-1/qmp.sock")),
-        );
-        assert!(l.contains("-M microvm,memory-backend=mem"));
-        assert!(l.contains("memory-backend-file,id=mem,size=512M,mem-path=/s/tmp/memory,share=on"));
-        assert!(l.contains("-mon chardev=qmp,mode=control"));
-        assert!(!l.contains("-incoming"));
-    }
-
-    #[test]
-    fn a_restore_maps_the_ram_file_privately_and_reads_state_from_fd_3() {
-        let l = line(
-            Accel::Tcg,
-            Mode::Restore(SnapshotFiles {
-                dir: Path::new("/s/python-abc"),
-            }),
-            Some(Path::new("/run/ignis/vm-1/qmp.sock")),
-        );
-        assert!(l.contains("mem-path=/s/python-abc/memory,share=off"));
-        assert!(l.contains("-incoming defer"));
-        assert!(l.contains("-mon chardev=qmp,mode=control"));
-    }
-
-    #[test]
-    fn source_and_restore_have_the_same_devices() {
-        let devices = |l: String| {
-            l.split(" -device ")
-                .skip(1)
-                .map(|d| d.split(' ').next().unwrap_or_default().to_owned())
-                .collect::<Vec<_>>()
-        };
-        let source = line(
-            Accel::Tcg,
-            Mode::Boot(GuestMemory::SnapshotSource(Path::new("/s/memory"))),
-            Some(Path::new("/q")),
-        );
-        let restore = line(
-            Accel::Tcg,
-            Mode::Restore(SnapshotFiles {
-                dir: Path::new("/s"),
-            }),
-            Some(Path::new("/q")),
-        );
-        assert_eq!(devices(source), devices(restore));
-    }
 }
