@@ -344,8 +344,12 @@ fn prepare_root(s: &Spawn<'_>, j: &Jail) -> io::Result<PreparedJail> {
                 std::os::unix::fs::symlink(target, &at)?;
             }
             Mount::Bind { path, .. } | Mount::Device(path) => {
-                let source = std::fs::canonicalize(path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                let source = match m {
+                    Mount::Device(_) => private_node(path, s.root, j)?,
+                    _ => std::fs::canonicalize(path).map_err(|e| {
+                        io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                    })?,
+                };
                 let at = inside(path);
                 if let Some(parent) = at.parent() {
                     std::fs::create_dir_all(parent)?;
@@ -375,6 +379,43 @@ fn prepare_root(s: &Spawn<'_>, j: &Jail) -> io::Result<PreparedJail> {
         uid: j.uid,
         gid: j.gid,
     })
+}
+
+/// A device node of the VMM's own, beside its root: the host's node may
+/// be `root:kvm 0660` or `root 0600`, and the jailed user is in no group.
+/// Like Firecracker's jailer, the jail gets a node with the same device
+/// numbers owned by its user; it is bound at the device's path (a bind
+/// mount carries its own `nodev`, so the node works there only).
+fn private_node(device: &Path, root: &Path, j: &Jail) -> io::Result<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(device)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", device.display())))?;
+    let kind = if meta.file_type().is_char_device() {
+        libc::S_IFCHR
+    } else if meta.file_type().is_block_device() {
+        libc::S_IFBLK
+    } else {
+        return Err(io::Error::other(format!(
+            "{} is not a device",
+            device.display()
+        )));
+    };
+    let dir = root.with_file_name("devices");
+    std::fs::create_dir_all(&dir)?;
+    let name = device.file_name().unwrap_or_default();
+    let node = dir.join(name);
+    let _ = std::fs::remove_file(&node);
+    let c = cstring(&node)?;
+    // SAFETY: mknod with a valid path, a device type and the host device's numbers.
+    if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, meta.rdev()) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("creating {}: {e}", node.display()),
+        ));
+    }
+    std::os::unix::fs::chown(&node, Some(j.uid), Some(j.gid))?;
+    Ok(node)
 }
 
 fn lookup_user(name: &str) -> Result<(u32, u32), String> {
@@ -425,7 +466,13 @@ pub fn reap_stale_dirs(runtime: &Path) -> usize {
         if !(name.starts_with("vm-") || name.starts_with("jail-trial-")) || !dir.is_dir() {
             continue;
         }
-        let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).unwrap_or_default();
+        let owner = match std::fs::read_to_string(dir.join(OWNER_FILE)) {
+            Ok(o) => o,
+            // Made a moment ago, its owner not written yet; or left by an
+            // Ignis that wrote none: stale once it is old enough.
+            Err(_) if younger_than(&dir, OWNERLESS_GRACE) => continue,
+            Err(_) => String::new(),
+        };
         if owner_alive(owner.trim()) {
             continue;
         }
@@ -445,6 +492,15 @@ pub fn reap_stale_dirs(runtime: &Path) -> usize {
         }
     }
     cleaned
+}
+
+/// How old a VM directory without an owner file must be to count as stale.
+const OWNERLESS_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn younger_than(p: &Path, age: std::time::Duration) -> bool {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < age))
 }
 
 /// In a VM directory: the Ignis process that owns it.
@@ -500,7 +556,10 @@ mod tests {
             std::fs::create_dir_all(d).expect("mkdir");
             std::fs::write(d.join(OWNER_FILE), owner).expect("write");
         }
+        // A directory being made, its owner not written yet.
+        let new = run.path().join("vm-new");
+        std::fs::create_dir_all(&new).expect("mkdir");
         assert_eq!(reap_stale_dirs(run.path()), 1);
-        assert!(live.exists() && !dead.exists());
+        assert!(live.exists() && !dead.exists() && new.exists());
     }
 }
