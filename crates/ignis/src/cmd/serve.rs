@@ -75,19 +75,20 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     if a.dev {
         eprintln!("ignis: *** DEV MODE: NO AUTHENTICATION; anyone on this host can run code ***");
     }
+    let l = svc.pools.launcher();
+    let jail = match l.containment {
+        ignis_vmm::jail::Containment::Jailed(_) => "jailed",
+        ignis_vmm::jail::Containment::Insecure => "NOT jailed",
+    };
+    let languages: Vec<&str> = l.catalog.languages.keys().map(String::as_str).collect();
     eprintln!(
-        "ignis: serving on http://{} (accelerator {}: {}; languages: {})",
+        "ignis: serving on http://{} ({} {jail}, accelerator {}: {}; snapshots {}; languages: {})",
         listener.local_addr()?,
-        svc.pools.launcher().accel.accel,
-        svc.pools.launcher().accel.reason,
-        svc.pools
-            .launcher()
-            .catalog
-            .languages
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
+        l.driver.name(),
+        l.accel.accel,
+        l.accel.reason,
+        if l.snapshots.is_some() { "on" } else { "off" },
+        languages.join(", ")
     );
     ignis_server::server::run(listener, shutdown_signal(), svc).await
 }
