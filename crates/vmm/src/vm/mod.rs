@@ -449,7 +449,15 @@ impl Vm {
         if self.state != VmState::Ready {
             return Err(SaveError::NotAllowed(self.state));
         }
-        let r = self.machine.snapshot(into).await;
+        // A VMM that stops answering mid-save must not hang `ignis images
+        // snapshot` (and with it set-up and CI) forever.
+        let r = match tokio::time::timeout(SAVE_TIMEOUT, self.machine.snapshot(into)).await {
+            Ok(r) => r,
+            Err(_) => Err(DriverError::Refused(format!(
+                "the snapshot was not saved within {} s",
+                SAVE_TIMEOUT.as_secs()
+            ))),
+        };
         self.state = if r.is_ok() {
             VmState::Saved
         } else {
@@ -487,6 +495,9 @@ impl Drop for Vm {
 
 /// How long a VMM whose channel closed gets to show it has exited.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// How long saving a snapshot may take: the device state is tens of KB
+/// (guest RAM stays in its shared file), so this is generous.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a start failed, before it becomes a [`BootError`] with its log.
 enum Failure {

@@ -185,6 +185,10 @@ impl Qemu {
             qmp,
             restoring: matches!(mode, Mode::Restore(_)),
             dir: spec.dir.to_path_buf(),
+            vmm_owner: match &self.containment {
+                Containment::Jailed(j) => Some((j.uid, j.gid)),
+                Containment::Insecure => None,
+            },
             console,
         }))
     }
@@ -241,6 +245,8 @@ struct QemuMachine {
     /// Started with `-incoming defer`: waits to be told to load its state.
     restoring: bool,
     dir: PathBuf,
+    /// The jailed QEMU's (uid, gid): sockets Ignis binds must be its.
+    vmm_owner: Option<(u32, u32)>,
     console: Console,
 }
 
@@ -286,7 +292,13 @@ impl Machine for QemuMachine {
                 what: "snapshot a VM that was not started as a snapshot source",
             });
         };
-        qmp::save(&qmp_listener, &self.dir, &into.dir.join(STATE_FILE)).await
+        qmp::save(
+            &qmp_listener,
+            &self.dir,
+            self.vmm_owner,
+            &into.dir.join(STATE_FILE),
+        )
+        .await
     }
 
     async fn stop(&mut self) {
