@@ -34,6 +34,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(cmd::keys::Command),
+    /// Check what this host offers Ignis (KVM, drivers, jail, images) and
+    /// whether it can run jobs.
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Api(args) => cmd::api::main(args),
         Command::Worker(args) => cmd::worker::main(args),
         Command::Keys(c) => cmd::keys::main(c),
+        Command::Doctor(a) => cmd::doctor::main(a),
     };
     match result {
         Ok(code) => code,

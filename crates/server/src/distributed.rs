@@ -123,10 +123,7 @@ pub struct Worker {
 /// Builds a worker over the images under `paths`; it pulls the languages
 /// it has images for, and only those.
 pub async fn worker(cfg: ServerConfig, paths: Paths, at: &Endpoints) -> anyhow::Result<Worker> {
-    let mut launcher = Launcher::new(paths).await?;
-    if !cfg.snapshots {
-        launcher = launcher.without_snapshots();
-    }
+    let launcher = Launcher::with_options(paths, cfg.launch.clone()).await?;
     let languages: Vec<String> = launcher.catalog.languages.keys().cloned().collect();
     anyhow::ensure!(!languages.is_empty(), "no language images: nothing to run");
     let store = store(&at.database_url).await?;

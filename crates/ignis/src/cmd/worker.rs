@@ -42,9 +42,8 @@ pub struct Args {
     /// Seconds without word from a worker before its job goes to another.
     #[arg(long, default_value_t = 30)]
     pub ack_wait: u64,
-    /// Boot every VM instead of restoring it from its language's snapshot.
-    #[arg(long)]
-    pub no_snapshot: bool,
+    #[command(flatten)]
+    pub vm: super::VmFlags,
 }
 
 pub fn main(a: Args) -> anyhow::Result<ExitCode> {
@@ -65,7 +64,7 @@ async fn work(a: Args) -> anyhow::Result<()> {
     cfg.workers = a.capacity.unwrap_or(a.max_vms).max(1);
     cfg.shutdown_grace = Duration::from_secs(a.shutdown_grace);
     cfg.ack_wait = Duration::from_secs(a.ack_wait.max(1));
-    cfg.snapshots = !a.no_snapshot;
+    cfg.launch = a.vm.options();
     let at = Endpoints {
         nats_url: a.nats,
         database_url: a.database,
@@ -74,9 +73,15 @@ async fn work(a: Args) -> anyhow::Result<()> {
     let w = distributed::worker(cfg, Paths::from_env(), &at).await?;
     let l = w.pools.launcher();
     eprintln!(
-        "ignis: worker running {} jobs at once (accelerator {}; languages: {})",
+        "ignis: worker running {} jobs at once ({} {}, accelerator {}; snapshots {}; languages: {})",
         w.svc.config.workers,
+        l.driver.name(),
+        match l.containment {
+            ignis_vmm::jail::Containment::Jailed(_) => "jailed",
+            ignis_vmm::jail::Containment::Insecure => "NOT jailed",
+        },
         l.accel.accel,
+        if l.snapshots.is_some() { "on" } else { "off" },
         l.catalog
             .languages
             .keys()

@@ -7,6 +7,7 @@
 //! logs — lives in [`crate::vm::Vm`], so a second driver (Firecracker) is a
 //! file beside `qemu.rs`, not a copy of `Vm::start`.
 
+pub mod firecracker;
 pub mod qemu;
 mod qmp;
 
