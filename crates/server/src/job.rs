@@ -186,6 +186,8 @@ pub struct NewJob {
     pub language: String,
     pub request: RunRequest,
     pub webhook_url: Option<String>,
+    /// See [`Job::compat`].
+    pub compat: Option<String>,
 }
 
 /// A job as stored.
@@ -206,6 +208,11 @@ pub struct Job {
     /// How many times a worker has started it (a retry after a dead VM or a
     /// restart counts).
     pub attempts: u32,
+    /// What a compatible API (Judge0) was asked beside the run itself, such
+    /// as the expected output, kept as that API's own JSON text so it can
+    /// answer later from the job alone. Opaque to the stores and workers.
+    #[serde(default)]
+    pub compat: Option<String>,
 }
 
 impl Job {
@@ -229,6 +236,7 @@ impl Job {
             started_at: None,
             finished_at: None,
             attempts: 0,
+            compat: None,
         }
     }
 }

@@ -112,7 +112,8 @@ pub async fn submit(
             return Err(ServiceError::TooManyQueued { max, queued });
         }
     }
-    let job = Job::new(owner, new.language, new.request, new.webhook_url);
+    let mut job = Job::new(owner, new.language, new.request, new.webhook_url);
+    job.compat = new.compat;
     svc.store.insert(&job).await?;
     let queued = JobEvent::Status {
         status: JobStatus::Queued,

@@ -218,6 +218,7 @@ impl CreateJob {
                 limits,
             },
             webhook_url,
+            compat: None,
         })
     }
 }

@@ -78,6 +78,7 @@ fn job(owner: &str, language: &str) -> Job {
     );
     let ms = j.created_at.timestamp_millis();
     j.created_at = DateTime::from_timestamp_millis(ms).unwrap();
+    j.compat = Some(r#"{"expected_output":"hi\n"}"#.into());
     j
 }
 

@@ -48,6 +48,8 @@ const MIGRATIONS: &[&str] = &["
         max_queued   INTEGER,
         created_at   TIMESTAMPTZ NOT NULL
     );
+", "
+    ALTER TABLE jobs ADD COLUMN compat TEXT;
 "];
 
 /// Taken while migrating, so processes starting together migrate once.
@@ -57,7 +59,7 @@ const MIGRATION_LOCK: i64 = 0x1915_0001;
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 const JOB_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, timings, \
-                           created_at, started_at, finished_at, attempts";
+                           created_at, started_at, finished_at, attempts, compat";
 
 /// The PostgreSQL implementation of [`JobStore`]. Cloning shares the pool.
 #[derive(Clone)]
@@ -115,6 +117,7 @@ fn job_of(r: &Row) -> StoreResult<Job> {
         started_at: r.get(9),
         finished_at: r.get(10),
         attempts: u32_of("attempts", r.get(11))?,
+        compat: r.get(12),
     })
 }
 
@@ -305,7 +308,7 @@ impl JobStore for PostgresStore {
         self.with("insert", async |c| {
             let sql = format!(
                 "INSERT INTO jobs ({JOB_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             );
             c.execute(
                 &sql,
@@ -322,6 +325,7 @@ impl JobStore for PostgresStore {
                     &job.started_at,
                     &job.finished_at,
                     &attempts,
+                    &job.compat,
                 ],
             )
             .await

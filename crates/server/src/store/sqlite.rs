@@ -52,14 +52,16 @@ const MIGRATIONS: &[&str] = &["
         max_queued   INTEGER,
         created_at   INTEGER NOT NULL
     );
+", "
+    ALTER TABLE jobs ADD COLUMN compat TEXT;
 "];
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const JOB_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, timings, \
-                           created_at, started_at, finished_at, attempts";
-const JOB_PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12";
+                           created_at, started_at, finished_at, attempts, compat";
+const JOB_PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13";
 
 /// The SQLite implementation of [`JobStore`]. Cloning shares the connection.
 ///
@@ -222,6 +224,7 @@ struct RawJob {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     attempts: i64,
+    compat: Option<String>,
 }
 
 impl RawJob {
@@ -239,6 +242,7 @@ impl RawJob {
             started_at: r.get(9)?,
             finished_at: r.get(10)?,
             attempts: r.get(11)?,
+            compat: r.get(12)?,
         })
     }
 
@@ -267,6 +271,7 @@ impl RawJob {
             owner: self.owner,
             language: self.language,
             webhook_url: self.webhook_url,
+            compat: self.compat,
         })
     }
 }
@@ -374,6 +379,7 @@ impl JobStore for SqliteStore {
                 job.started_at.map(to_ms),
                 job.finished_at.map(to_ms),
                 job.attempts,
+                job.compat,
             ];
             conn.execute(&sql, args)
                 .ctx(format_args!("inserting job {}", job.id))?;
