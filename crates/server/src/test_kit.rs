@@ -38,6 +38,17 @@ pub fn python_image(dir: &Path) -> LanguageImage {
     image
 }
 
+/// Go as the real image describes itself (1 GiB guests, compiled).
+pub fn go_image(dir: &Path) -> LanguageImage {
+    let mut image = fake_image(dir, "go", 1024);
+    let m = &mut image.manifest;
+    m.version = "go version go1.19.8 linux/amd64".into();
+    m.extensions = vec!["go".into()];
+    m.source_file = "main.go".into();
+    m.compiled = true;
+    image
+}
+
 /// A launcher over `driver` that knows Python. Its snapshots live under
 /// `dir`.
 pub fn fake_launcher(dir: &Path, driver: FakeDriver) -> Launcher {

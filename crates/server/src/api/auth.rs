@@ -36,46 +36,58 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let header = parts.headers.get(header::AUTHORIZATION);
-        let caller = match header {
-            None if state.svc.config.dev => Caller {
-                owner: DEV_OWNER.into(),
-                key: None,
-            },
-            None => return Err(unauthorized("send `Authorization: Bearer <api key>`")),
-            Some(v) => {
-                let token = v
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.strip_prefix("Bearer "))
-                    .map(str::trim)
-                    .ok_or_else(|| {
-                        unauthorized("the Authorization header must be `Bearer <api key>`")
-                    })?;
-                let key = state
-                    .svc
-                    .store
-                    .key_by_hash(&crate::keys::hash(token))
-                    .await?
-                    .ok_or_else(|| unauthorized("unknown API key"))?;
-                Caller {
-                    owner: key.id.clone(),
-                    key: Some(key),
-                }
-            }
+        let token = match parts.headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => Some(bearer(v).ok_or_else(|| {
+                unauthorized("the Authorization header must be `Bearer <api key>`")
+            })?),
         };
-        if let Some(key) = &caller.key {
-            if let Some(rate) = key.rate_per_sec {
-                if let Err(wait) = state.limiter.check(&key.id, rate) {
-                    return Err(Problem::too_many(
-                        format!("key {:?} allows {rate} requests per second", key.name),
-                        wait,
-                    ));
-                }
+        identify(state, token, "send `Authorization: Bearer <api key>`").await
+    }
+}
+
+/// The key in an `Authorization: Bearer <key>` header.
+pub fn bearer(v: &axum::http::HeaderValue) -> Option<&str> {
+    v.to_str()
+        .ok()
+        .and_then(|s| s.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The caller holding API key `token` (with its rate limit taken), or, with
+/// no key, the dev owner under `--dev`. `how` tells a keyless caller how to
+/// send one. Every API (ours, Judge0's, Piston's) authenticates here.
+pub async fn identify(state: &AppState, token: Option<&str>, how: &str) -> Result<Caller, Problem> {
+    let caller = match token {
+        None if state.svc.config.dev => Caller {
+            owner: DEV_OWNER.into(),
+            key: None,
+        },
+        None => return Err(unauthorized(how)),
+        Some(token) => {
+            let key = state
+                .svc
+                .store
+                .key_by_hash(&crate::keys::hash(token))
+                .await?
+                .ok_or_else(|| unauthorized("unknown API key"))?;
+            Caller {
+                owner: key.id.clone(),
+                key: Some(key),
             }
         }
-        Ok(caller)
+    };
+    if let Some(key) = &caller.key {
+        if let Some(rate) = key.rate_per_sec {
+            if let Err(wait) = state.limiter.check(&key.id, rate) {
+                return Err(Problem::too_many(
+                    format!("key {:?} allows {rate} requests per second", key.name),
+                    wait,
+                ));
+            }
+        }
     }
+    Ok(caller)
 }
 
 /// A token bucket per key: `rate` tokens per second, bursts up to `rate`.

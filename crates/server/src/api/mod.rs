@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod jobs;
+pub mod judge0;
 pub mod misc;
 pub mod openapi;
 pub mod parsed;
@@ -47,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(misc::healthz))
         .route("/metrics", get(misc::metrics))
         .route("/openapi.json", get(misc::openapi))
+        .nest("/judge0", judge0::routes())
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(

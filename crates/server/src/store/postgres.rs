@@ -23,7 +23,8 @@ use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHA
 /// Schema steps, applied in order and recorded in `schema_migrations`.
 /// A later migration is appended here, never edited in place. JSON is kept
 /// as text: programs' bytes may hold NUL, which `jsonb` refuses.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE jobs (
         id          UUID PRIMARY KEY,
         owner       TEXT NOT NULL,
@@ -48,9 +49,11 @@ const MIGRATIONS: &[&str] = &["
         max_queued   INTEGER,
         created_at   TIMESTAMPTZ NOT NULL
     );
-", "
+",
+    "
     ALTER TABLE jobs ADD COLUMN compat TEXT;
-"];
+",
+];
 
 /// Taken while migrating, so processes starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x1915_0001;

@@ -27,7 +27,8 @@ use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHA
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
 /// A later migration is appended here, never edited in place.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE jobs (
         id          TEXT PRIMARY KEY,
         owner       TEXT NOT NULL,
@@ -52,9 +53,11 @@ const MIGRATIONS: &[&str] = &["
         max_queued   INTEGER,
         created_at   INTEGER NOT NULL
     );
-", "
+",
+    "
     ALTER TABLE jobs ADD COLUMN compat TEXT;
-"];
+",
+];
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

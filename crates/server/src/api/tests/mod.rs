@@ -33,6 +33,14 @@ pub(super) struct Harness {
 }
 
 pub(super) fn harness_with(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
+    harness_of(|dir| vec![crate::test_kit::python_image(dir)], tweak)
+}
+
+/// A harness whose catalog holds the images `images` makes in its directory.
+pub(super) fn harness_of(
+    images: impl FnOnce(&std::path::Path) -> Vec<ignis_vmm::image::LanguageImage>,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = ServerConfig::new(dir.path().to_path_buf());
     cfg.pool = PoolConfig {
@@ -44,7 +52,7 @@ pub(super) fn harness_with(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
     let store = SqliteStore::open(&dir.path().join("ignis.db")).expect("open store");
     let svc = crate::embedded::assemble(
         cfg,
-        crate::test_kit::fake_launcher(dir.path(), FakeDriver::default()),
+        crate::test_kit::fake_launcher_with(dir.path(), FakeDriver::default(), images(dir.path())),
         Arc::new(store),
         b"secret".to_vec(),
     );
@@ -203,5 +211,6 @@ pub(super) fn ids(list: &Value) -> Vec<String> {
 }
 
 mod access;
+mod judge0;
 mod service;
 mod submit;
