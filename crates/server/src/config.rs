@@ -11,6 +11,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// No API keys; only allowed on a loopback listener.
     pub dev: bool,
+    /// Anyone may use the Piston compatible API at `/piston/api/v2/...`
+    /// without a key (that API alone; its jobs belong to no key).
+    pub piston_anonymous: bool,
     pub defaults: Limits,
     pub maxima: Maxima,
     pub pool: PoolConfig,
@@ -59,6 +62,7 @@ impl ServerConfig {
         ServerConfig {
             data_dir,
             dev: false,
+            piston_anonymous: false,
             defaults: Limits::default(),
             maxima: Maxima {
                 timeout_ms: 60_000,

@@ -27,6 +27,11 @@ pub struct Args {
     /// No API keys (loopback only). Never use this on a shared machine.
     #[arg(long)]
     pub dev: bool,
+    /// Let callers without an API key use the Piston compatible API
+    /// (`/piston/api/v2/...`), and only that API. Keyed callers use
+    /// `/piston/k/<api key>/api/v2/...` either way.
+    #[arg(long, env = "IGNIS_PISTON_ANONYMOUS")]
+    pub piston_anonymous: bool,
     /// Jobs the queue holds at most (waiting and running); beyond, 503.
     #[arg(long, default_value_t = 10_000)]
     pub queue_max: i64,
@@ -50,6 +55,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let mut cfg = ServerConfig::new(a.data_dir.clone());
     cfg.dev = a.dev;
+    cfg.piston_anonymous = a.piston_anonymous;
     cfg.allow_private_webhooks = a.allow_private_webhooks;
     cfg.maxima.timeout_ms = a.max_timeout.saturating_mul(1000);
     let at = Endpoints {

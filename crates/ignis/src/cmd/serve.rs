@@ -20,6 +20,11 @@ pub struct Args {
     /// No API keys (loopback only). Never use this on a shared machine.
     #[arg(long)]
     pub dev: bool,
+    /// Let callers without an API key use the Piston compatible API
+    /// (`/piston/api/v2/...`), and only that API. Keyed callers use
+    /// `/piston/k/<api key>/api/v2/...` either way.
+    #[arg(long, env = "IGNIS_PISTON_ANONYMOUS")]
+    pub piston_anonymous: bool,
     /// Ready VMs kept per language.
     #[arg(long, default_value_t = 1)]
     pub warm: usize,
@@ -57,6 +62,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let mut cfg = ServerConfig::new(a.data_dir.clone());
     cfg.dev = a.dev;
+    cfg.piston_anonymous = a.piston_anonymous;
     cfg.pool.warm = a.warm;
     cfg.pool.max_vms = a.max_vms;
     if let Some(m) = a.max_memory {

@@ -7,6 +7,7 @@ pub mod judge0;
 pub mod misc;
 pub mod openapi;
 pub mod parsed;
+pub mod piston;
 pub mod problem;
 pub mod sse;
 pub mod view;
@@ -49,6 +50,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(misc::metrics))
         .route("/openapi.json", get(misc::openapi))
         .nest("/judge0", judge0::routes())
+        .nest("/piston", piston::routes())
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(

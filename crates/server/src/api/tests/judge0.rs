@@ -512,23 +512,7 @@ async fn the_service_documents_describe_ignis_in_judge0_terms() {
 async fn wait_true_answers_with_the_finished_submission() {
     let h = harness();
     let (key, _) = h.key(None, None).await;
-    // Plays the worker: takes the job off the queue and ends it.
-    let svc = h.svc.clone();
-    let worker = tokio::spawn(async move {
-        let delivery = svc.queue.pop().await.expect("queued");
-        let id = delivery.job.id;
-        let now = Utc::now();
-        let Ok(Claimed::Run(job)) = svc.store.claim(id, false, 2, now).await else {
-            panic!("not claimed");
-        };
-        let attempt = job.attempts;
-        let r = report(Verdict::Ok, "hello\n");
-        svc.store
-            .complete(id, attempt, &r, Timings::default(), now)
-            .await
-            .expect("complete");
-        crate::service::finish(&svc, id).await;
-    });
+    let worker = h.play_worker(report(Verdict::Ok, "hello\n"));
     let body = json!({"source_code": STANDARD.encode("print('hello')"), "language_id": 71, "expected_output": STANDARD.encode("hello")});
     let r = h
         .send(j0(

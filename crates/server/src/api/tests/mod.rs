@@ -197,6 +197,33 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Plays a worker for the next queued job: claims it, ends it with `r`
+    /// and publishes its end. Yields the job as it was submitted.
+    pub(super) fn play_worker(
+        &self,
+        r: ignis_vmm::RunReport,
+    ) -> tokio::task::JoinHandle<crate::job::Job> {
+        let svc = self.svc.clone();
+        tokio::spawn(async move {
+            let delivery = svc.queue.pop().await.expect("queued");
+            let id = delivery.job.id;
+            let now = chrono::Utc::now();
+            let claimed = svc.store.claim(id, false, 2, now).await.expect("claim");
+            let crate::store::Claimed::Run(job) = claimed else {
+                panic!("job {id} not claimed: {claimed:?}");
+            };
+            let t = crate::job::Timings::default();
+            svc.store
+                .complete(id, job.attempts, &r, t, now)
+                .await
+                .expect("complete");
+            crate::service::finish(&svc, id).await;
+            job
+        })
+    }
+}
+
 pub(super) fn hello() -> Value {
     json!({"language": "python", "code": "print('hello')"})
 }
@@ -212,5 +239,6 @@ pub(super) fn ids(list: &Value) -> Vec<String> {
 
 mod access;
 mod judge0;
+mod piston;
 mod service;
 mod submit;
