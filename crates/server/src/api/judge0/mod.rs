@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/submissions/batch", get(get_batch).post(create_batch))
         .route("/submissions/{token}", get(get_one))
         .route("/languages", get(languages))
+        .route("/languages/all", get(languages))
         .route("/languages/{id}", get(language))
         .route("/statuses", get(statuses))
         .route("/about", get(about))

@@ -139,7 +139,8 @@ fn seconds(
         return None;
     };
     let max = max_ms as f64 / 1000.0;
-    if s <= 0.0 {
+    // Extra time may be none at all; a limit may not.
+    if s < 0.0 || (s == 0.0 && field != "cpu_extra_time") {
         errors
             .entry(field)
             .or_default()
@@ -301,9 +302,14 @@ pub fn translate(
     // the CPU limit (with its extra time). A CPU limit is also checked
     // against the CPU time the run used (see `status`).
     let timeout_s = wall.or(cpu.map(|c| c + extra.unwrap_or(0.0)));
-    let timeout_ms = timeout_s.map_or(d.timeout_ms, |s| {
-        ((s * 1000.0).ceil() as u64).min(m.timeout_ms)
-    });
+    let timeout_ms = timeout_s.map_or(d.timeout_ms, |s| (s * 1000.0).ceil() as u64);
+    if timeout_ms > m.timeout_ms {
+        // Only a CPU limit and its extra time together can get here.
+        let max = m.timeout_ms as f64 / 1000.0;
+        let why = format!("with cpu_extra_time, must be less than or equal to {max}");
+        refuse(&mut e, "cpu_time_limit", &why);
+        return Err(e);
+    }
     let memory_mib = memory_kb.map_or(d.memory_mib.min(memory_max_mib), |kb| kb.div_ceil(1024));
     let max_processes = procs.map_or(d.max_processes, |p| p as u32);
     let max_output_kib = file_kb.unwrap_or(d.max_output_kib);

@@ -369,6 +369,10 @@ async fn refused_submissions_say_which_field_and_why() {
             "number_of_runs",
         ),
         (
+            json!({"source_code": "x", "language_id": 71, "cpu_time_limit": 50, "cpu_extra_time": 20}),
+            "cpu_time_limit",
+        ),
+        (
             json!({"source_code": "x", "language_id": 71, "command_line_arguments": "'open"}),
             "command_line_arguments",
         ),
@@ -484,6 +488,7 @@ async fn the_service_documents_describe_ignis_in_judge0_terms() {
         langs,
         json!([{"id": 60, "name": "Go (1.19.8)"}, {"id": 71, "name": "Python (3.11.2)"}])
     );
+    assert_eq!(get("/judge0/languages/all").await, langs);
     let go = get("/judge0/languages/60").await;
     assert_eq!(
         (go["name"].as_str(), go["source_file"].as_str()),
