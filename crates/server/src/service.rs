@@ -156,12 +156,22 @@ pub async fn enqueue(svc: &Services, id: JobId, language: &str) -> Result<(), Qu
 /// Waits (at most the configured wait, and never past shutdown) for the
 /// submitted job to end; the job as stored then, or `None` if it has not.
 pub async fn wait(svc: &Services, submitted: Submitted) -> Result<Option<Job>, ServiceError> {
+    wait_at_most(svc, submitted, svc.config.wait_max).await
+}
+
+/// As [`wait`], for at most `limit`: for an API that is synchronous by
+/// nature (Piston's), which holds on for as long as the job may take.
+pub async fn wait_at_most(
+    svc: &Services,
+    submitted: Submitted,
+    limit: std::time::Duration,
+) -> Result<Option<Job>, ServiceError> {
     let Submitted { job, events } = submitted;
     let Some(mut events) = events else {
         return Ok(None);
     };
     let shutdown = svc.shutdown.clone();
-    let ended = tokio::time::timeout(svc.config.wait_max, async {
+    let ended = tokio::time::timeout(limit, async {
         loop {
             tokio::select! {
                 ev = events.next() => match ev {

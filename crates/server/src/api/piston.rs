@@ -387,9 +387,13 @@ async fn execute(
     }
     let max_queued = caller.key.as_ref().and_then(|k| k.max_queued);
     let owner = caller.owner.clone();
+    // Piston answers only once the run ended: hold on for as long as the
+    // job may run once started, and at least the server's usual wait.
+    let limit =
+        ignis_vmm::report::host_deadline(&new.request, info.compiled).max(svc.config.wait_max);
     let submitted = service::submit(svc, caller.owner, max_queued, new, true).await?;
     let id = submitted.job.id;
-    match service::wait(svc, submitted).await? {
+    match service::wait_at_most(svc, submitted, limit).await? {
         Some(done) => answer(&done, &info, &version).map(Json),
         None => {
             // Nobody will collect it: stop it rather than run it for naught.
@@ -398,7 +402,10 @@ async fn execute(
             }
             Err(PistonError(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("job {id} did not end within the server's wait limit; it was canceled"),
+                format!(
+                    "job {id} did not end within {}s; it was canceled",
+                    limit.as_secs()
+                ),
             ))
         }
     }
