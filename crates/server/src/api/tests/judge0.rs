@@ -534,3 +534,34 @@ async fn wait_true_answers_with_the_finished_submission() {
     assert!(v["token"].is_string());
     worker.await.expect("worker");
 }
+
+#[tokio::test]
+async fn a_v1_job_reads_as_a_submission_and_key_limits_hold() {
+    let h = harness();
+    let (key, _) = h.key(Some(1), None).await;
+    let id = h.submit(&key).await;
+    let r = h
+        .send(j0(Method::GET, &format!("/judge0/submissions/{id}?fields=language_id,status_id,memory_limit,wall_time_limit"), Some(&key), None))
+        .await;
+    // One request per second: the key's own rate limit holds here too.
+    r.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("per second")));
+    assert!(!r.header(header::RETRY_AFTER).is_empty());
+
+    let (free, _) = h.key(None, None).await;
+    let id = h.submit(&free).await;
+    let uri = format!(
+        "/judge0/submissions/{id}?fields=language_id,status_id,memory_limit,wall_time_limit"
+    );
+    let v = h
+        .send(j0(Method::GET, &uri, Some(&free), None))
+        .await
+        .json();
+    let d = h.svc.config.defaults;
+    assert_eq!(
+        v,
+        json!({"language_id": 71, "status_id": 1, "memory_limit": d.memory_mib * 1024, "wall_time_limit": d.timeout_ms as f64 / 1000.0})
+    );
+}
