@@ -180,7 +180,7 @@ fn refuse(errors: &mut FieldErrors, field: &'static str, why: &str) {
     errors.entry(field).or_default().push(why.to_owned());
 }
 
-/// The language a submission names, as `target` finds it on this fleet.
+/// The Judge0 language id a submission names (a number, or a numeric string).
 pub fn language_id(body: &SubmissionBody) -> Result<i64, FieldErrors> {
     let mut errors = FieldErrors::new();
     match body.language_id.as_ref().map(Num::value) {
