@@ -8,6 +8,7 @@ pub mod misc;
 pub mod openapi;
 pub mod parsed;
 pub mod piston;
+pub mod playground;
 pub mod problem;
 pub mod sse;
 pub mod view;
@@ -51,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(misc::openapi))
         .nest("/judge0", judge0::routes())
         .nest("/piston", piston::routes())
+        .merge(playground::routes())
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(

@@ -240,5 +240,6 @@ pub(super) fn ids(list: &Value) -> Vec<String> {
 mod access;
 mod judge0;
 mod piston;
+mod playground;
 mod service;
 mod submit;

@@ -125,7 +125,7 @@ async fn the_openapi_document_describes_the_api() {
 async fn unknown_routes_are_404_problems() {
     let h = harness();
     let (key, _) = h.key(None, None).await;
-    for uri in ["/", "/v2/jobs", "/v1/jobs/x/y/z"] {
+    for uri in ["/v2/jobs", "/index.html", "/v1/jobs/x/y/z"] {
         h.get(uri, Some(&key))
             .await
             .assert_problem(StatusCode::NOT_FOUND, "not-found");
