@@ -15,6 +15,8 @@ use ignis_vmm::report::RunReport;
 use ignis_vmm::{BootError, Launcher, Origin, Vm, VmConfig};
 use tempfile::TempDir;
 
+pub mod serve;
+
 /// The real images. A test that needs images which are not built fails
 /// here, with the reason.
 pub fn images(langs: &[&str]) -> Catalog {

@@ -317,7 +317,7 @@ async function loadJobs() {
     verdict.textContent = j.result ? j.result.status : j.status;
     const when = document.createElement("span");
     when.className = "when";
-    when.textContent = `${new Date(j.created_at).toLocaleString()} · ${j.id.slice(0, 8)}`;
+    when.textContent = `${new Date(j.created_at).toLocaleString()} · ${j.id.slice(-8)}`;
     b.append(lang, verdict, when);
     b.addEventListener("click", () => open(j.id));
     li.append(b);
