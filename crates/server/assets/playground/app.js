@@ -319,13 +319,13 @@ async function loadJobs() {
     when.className = "when";
     when.textContent = `${new Date(j.created_at).toLocaleString()} · ${j.id.slice(-8)}`;
     b.append(lang, verdict, when);
-    b.addEventListener("click", () => open(j.id));
+    b.addEventListener("click", () => openJob(j.id));
     li.append(b);
     return li;
   }));
 }
 
-async function open(id) {
+async function openJob(id) {
   showError(null);
   state.abort?.abort();
   clearResult();
