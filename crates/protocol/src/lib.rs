@@ -39,7 +39,7 @@ pub const RESUME_ENTROPY_BYTES: usize = 64;
 
 /// Largest chunk of program output the agent puts into one `Output` message.
 pub const OUTPUT_CHUNK_MAX: usize = 32 * 1024;
-pub use recipe::{CompileStep, Recipe};
+pub use recipe::{CompileStep, Conformance, Native, Recipe};
 mod recipe;
 
 /// Where the image carries its recipe for the agent.

@@ -49,10 +49,7 @@ impl Launcher {
         let catalog = Catalog::discover(&paths.images());
         let kernel = catalog.kernel()?.clone();
         // The smallest image makes the cheapest probe guest.
-        let probe_image = catalog
-            .languages
-            .values()
-            .min_by_key(|l| l.manifest.rootfs_bytes);
+        let probe_image = catalog.languages.values().min_by_key(|l| l.total_bytes());
         let accel = accel::choose(&paths, &kernel, probe_image).await;
         let driver = Arc::new(Qemu::from_path(accel.accel));
         Ok(Launcher::with_driver(paths, catalog, kernel, accel, driver))

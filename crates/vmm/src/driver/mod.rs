@@ -62,8 +62,9 @@ pub struct MachineSpec<'a> {
     /// The per-VM directory: empty, private to this VM, removed after it.
     pub dir: &'a Path,
     pub kernel: &'a Path,
-    /// The language image, attached read-only.
-    pub rootfs: &'a Path,
+    /// The image drives, attached read-only in this order: the base (the
+    /// guest's root) first, then the layers the agent stacks above it.
+    pub drives: &'a [PathBuf],
     pub memory_mib: u64,
     pub guest: &'a GuestParams,
 }

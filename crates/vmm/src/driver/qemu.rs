@@ -30,7 +30,7 @@ use crate::console::Console;
 
 /// Bumped whenever the machine layout (devices, their order or options)
 /// changes: a snapshot only restores into the layout it was saved from.
-const LAYOUT: u32 = 1;
+const LAYOUT: u32 = 2;
 
 /// Name of the device-state file QEMU writes into a snapshot directory.
 pub const STATE_FILE: &str = "state";
@@ -312,13 +312,19 @@ fn opt_path(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
-pub fn kernel_cmdline(guest: &GuestParams, accel: Accel) -> String {
+/// The guest's name of the `i`th virtio block device: vda, vdb, ...
+fn guest_disk(i: usize) -> String {
+    let letter = (b'a' + (i % 26) as u8) as char;
+    format!("vd{letter}")
+}
+
+pub fn kernel_cmdline(guest: &GuestParams, accel: Accel, drives: usize) -> String {
     let mut words = vec![
         "console=ttyS0".to_string(),
         "quiet".into(),
         "root=/dev/vda".into(),
         "ro".into(),
-        "rootfstype=ext4".into(),
+        "rootfstype=erofs".into(),
         "init=/sbin/ignis-agent".into(),
         // A panic, or the agent's deliberate reboot, ends the VM at once
         // (QEMU runs with -no-reboot).
@@ -328,6 +334,11 @@ pub fn kernel_cmdline(guest: &GuestParams, accel: Accel) -> String {
         format!("ignis.time={}", guest.unix_time),
         format!("ignis.vm={}", guest.vm_id),
     ];
+    if drives > 1 {
+        // The drives after the root, which the agent stacks over it.
+        let layers: Vec<String> = (1..drives).map(guest_disk).collect();
+        words.push(format!("ignis.layers={}", layers.join(",")));
+    }
     if accel == Accel::Tcg {
         // Without these, about one TCG boot in ten hangs calibrating the TSC.
         if let Some(khz) = guest.tsc_khz {
@@ -382,14 +393,20 @@ pub fn qemu_args(a: &QemuArgs<'_>) -> Vec<OsString> {
         "-kernel".into(),
         spec.kernel.to_string_lossy().into_owned(),
         "-append".into(),
-        kernel_cmdline(spec.guest, a.accel),
-        "-drive".into(),
-        format!(
-            "id=root,file={},format=raw,if=none,readonly=on",
-            opt_path(spec.rootfs)
-        ),
-        "-device".into(),
-        "virtio-blk-device,drive=root".into(),
+        kernel_cmdline(spec.guest, a.accel, spec.drives.len()),
+    ]);
+    for (i, drive) in spec.drives.iter().enumerate() {
+        args.extend([
+            "-drive".into(),
+            format!(
+                "id=disk{i},file={},format=raw,if=none,readonly=on",
+                opt_path(drive)
+            ),
+            "-device".into(),
+            format!("virtio-blk-device,drive=disk{i}"),
+        ]);
+    }
+    args.extend([
         "-device".into(),
         "virtio-rng-device".into(),
         // Pages the guest frees go back to the host while it runs.
@@ -487,10 +504,14 @@ mod tests {
 
     fn line(accel: Accel, mode: Mode<'_>, qmp: Option<&Path>) -> String {
         let g = guest();
+        let drives = [
+            PathBuf::from("/images/base/bookworm-1.erofs"),
+            PathBuf::from("/images/we,ird/layer.erofs"),
+        ];
         let spec = MachineSpec {
             dir: Path::new("/run/ignis/vm-1"),
             kernel: Path::new("/k/vmlinux"),
-            rootfs: Path::new("/images/we,ird/rootfs.ext4"),
+            drives: &drives,
             memory_mib: 512,
             guest: &g,
         };
@@ -535,7 +556,19 @@ mod tests {
     #[test]
     fn commas_in_paths_are_escaped() {
         let l = line(Accel::Tcg, Mode::Boot(GuestMemory::Anonymous), None);
-        assert!(l.contains("file=/images/we,,ird/rootfs.ext4,format=raw"));
+        assert!(l.contains("file=/images/we,,ird/layer.erofs,format=raw"));
+    }
+
+    #[test]
+    fn the_base_is_the_root_and_the_layer_is_named_to_the_agent() {
+        let l = line(Accel::Tcg, Mode::Boot(GuestMemory::Anonymous), None);
+        let base =
+            l.find("id=disk0,file=/images/base/bookworm-1.erofs,format=raw,if=none,readonly=on");
+        let layer =
+            l.find("id=disk1,file=/images/we,,ird/layer.erofs,format=raw,if=none,readonly=on");
+        assert!(base.is_some() && layer.is_some() && base < layer, "{l}");
+        assert!(l.contains("root=/dev/vda ro rootfstype=erofs"), "{l}");
+        assert!(l.contains("ignis.layers=vdb"), "{l}");
     }
 
     #[test]

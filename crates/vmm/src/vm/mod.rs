@@ -204,10 +204,11 @@ impl Vm {
                 tsc_khz: host_tsc_khz(),
             },
         };
+        let drives = cfg.image.drives();
         let spec = MachineSpec {
             dir: &dir.0,
             kernel: &cfg.kernel.path,
-            rootfs: &cfg.image.rootfs,
+            drives: &drives,
             memory_mib: cfg.image.manifest.vm_memory_mib,
             guest: &guest,
         };
