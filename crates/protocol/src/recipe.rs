@@ -34,7 +34,7 @@ pub struct Recipe {
     #[serde(default)]
     pub compile: Option<CompileStep>,
     pub run: Vec<String>,
-    /// Prints the runtime's version.
+    /// Prints the runtime's version; its first line is kept.
     pub version: Vec<String>,
     /// Run at boot before the agent reports ready, to fill the page cache.
     #[serde(default)]
@@ -107,6 +107,11 @@ pub struct CompileStep {
     /// Compilers need more than most programs; the step gets at least this.
     #[serde(default = "default_compile_memory")]
     pub memory_mib: u64,
+    /// The least time the step gets, in milliseconds, whatever the request
+    /// says: some compilers need far more than others (a JVM or tsc starts
+    /// slowly without hardware virtualization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 fn default_compile_memory() -> u64 {
@@ -115,6 +120,19 @@ fn default_compile_memory() -> u64 {
 
 fn default_vm_memory() -> u64 {
     512
+}
+
+/// What a version command's output says, as Ignis keeps it: the first
+/// non-empty line, trimmed, at most 200 characters.
+pub fn version_line(output: &str) -> String {
+    output
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
 }
 
 impl Recipe {
@@ -253,6 +271,7 @@ mod tests {
             command: vec!["cc".into()],
             env: BTreeMap::new(),
             memory_mib: 512,
+            timeout_ms: None,
         });
         let p = r.problems().join("; ");
         assert!(p.contains("run must not be empty"), "{p}");

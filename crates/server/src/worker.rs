@@ -166,7 +166,7 @@ async fn attempt_all(svc: &Arc<Services>, job: &Job) -> Ending {
         let result = vm
             .run(
                 job.request.clone(),
-                host_deadline(&job.request, info.compiled),
+                host_deadline(&job.request, &info),
                 |ev| match ev {
                     RunEvent::Phase(Phase::Compiling | Phase::Running) => {}
                     RunEvent::Output(stream, data) => {

@@ -249,13 +249,16 @@ pub fn build_on(
     }
     std::fs::create_dir_all(layer.join("etc/ignis"))?;
     std::fs::write(layer.join("etc/ignis/recipe.json"), &recipe_json)?;
-    // The version as a guest will see it: the layer over the base.
+    // The version as a guest will see it: the layer over the base. A
+    // version command that fails fails the build.
     let scratch = layer.with_extension("mnt");
     let version = tree::with_overlay(host, &[&layer, &base_tree], None, &scratch, |root| {
-        tree::chroot(host, root, &recipe.version)
+        tree::with_system_mounts(host, root, None, || {
+            tree::chroot(host, root, &recipe.version)
+        })
     });
     let _ = std::fs::remove_dir_all(&scratch);
-    let version = version?.trim().chars().take(200).collect::<String>();
+    let version = ignis_protocol::version_line(&version?);
 
     std::fs::create_dir_all(&out_dir)?;
     eprintln!("image {}: packing its layer", recipe.name);

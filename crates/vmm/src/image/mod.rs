@@ -16,6 +16,7 @@
 //! and left out; the other languages are unaffected.
 
 pub mod build;
+pub mod flat;
 mod pack;
 mod tree;
 
@@ -79,7 +80,9 @@ pub struct BaseImage {
 #[derive(Debug, Clone)]
 pub struct LanguageImage {
     pub base: BaseImage,
-    pub layer: PathBuf,
+    /// The language's own layer; `None` for a flat image (see [`flat`]),
+    /// whose "base" holds everything.
+    pub layer: Option<PathBuf>,
     pub manifest: Manifest,
 }
 
@@ -91,7 +94,9 @@ impl LanguageImage {
     /// The drives a VM of this language gets, read-only, in order: the base
     /// (the kernel's root), then the layer.
     pub fn drives(&self) -> Vec<PathBuf> {
-        vec![self.base.path.clone(), self.layer.clone()]
+        std::iter::once(self.base.path.clone())
+            .chain(self.layer.clone())
+            .collect()
     }
 
     /// Bytes on disk for this language alone: its layer.
@@ -128,7 +133,7 @@ impl LanguageImage {
                     bytes: 0,
                 },
             },
-            layer: dir.join(language).join(LAYER_FILE),
+            layer: Some(dir.join(language).join(LAYER_FILE)),
             manifest: Manifest {
                 language: language.into(),
                 version: format!("{language} 1"),
@@ -305,7 +310,7 @@ fn discover_kernel(dir: &Path) -> Result<KernelImage, ImageProblem> {
 const EROFS_MAGIC: [u8; 4] = 0xE0F5_E1E2u32.to_le_bytes();
 
 /// Checks that `path` is `bytes` long and has an EROFS superblock.
-fn check_erofs(path: &Path, bytes: u64) -> Result<(), String> {
+pub(crate) fn check_erofs(path: &Path, bytes: u64) -> Result<(), String> {
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -394,7 +399,7 @@ fn load_language(
     };
     Ok(LanguageImage {
         base,
-        layer,
+        layer: Some(layer),
         manifest,
     })
 }

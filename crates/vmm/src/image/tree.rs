@@ -111,7 +111,7 @@ pub fn make_layer(
     let debs = opts.cache_dir.join("debs");
     std::fs::create_dir_all(&debs)?;
     let result = with_overlay(host, &[base], Some(&upper), &scratch, |root| {
-        with_system_mounts(host, root, &debs, || {
+        with_system_mounts(host, root, Some(&debs), || {
             if !recipe.packages.is_empty() {
                 eprintln!(
                     "image {name}: apt-get install {}",
@@ -200,17 +200,15 @@ pub fn with_overlay<T>(
     result
 }
 
-/// Mounts /proc, /dev and the package cache into `root` for `f`, and
-/// unmounts them whatever happens.
-fn with_system_mounts<T>(
+/// Mounts /proc, /dev and (to install packages) the package cache into
+/// `root` for `f`, and unmounts them whatever happens.
+pub fn with_system_mounts<T>(
     host: &dyn BuildHost,
     root: &Path,
-    debs: &Path,
+    debs: Option<&Path>,
     f: impl FnOnce() -> Result<T, BuildError>,
 ) -> Result<T, BuildError> {
-    let archives = root.join("var/cache/apt/archives");
-    std::fs::create_dir_all(&archives)?;
-    let mounts: [(&str, Vec<&std::ffi::OsStr>, PathBuf); 3] = [
+    let mut mounts: Vec<(&str, Vec<&std::ffi::OsStr>, PathBuf)> = vec![
         (
             "mount proc",
             vec!["-t".as_ref(), "proc".as_ref(), "proc".as_ref()],
@@ -221,12 +219,16 @@ fn with_system_mounts<T>(
             vec!["--bind".as_ref(), "/dev".as_ref()],
             root.join("dev"),
         ),
-        (
+    ];
+    if let Some(debs) = debs {
+        let archives = root.join("var/cache/apt/archives");
+        std::fs::create_dir_all(&archives)?;
+        mounts.push((
             "mount the package cache",
             vec!["--bind".as_ref(), debs.as_os_str()],
             archives,
-        ),
-    ];
+        ));
+    }
     let mut mounted = Vec::new();
     let mut result = Ok(());
     for (what, args, target) in &mounts {
