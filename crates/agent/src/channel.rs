@@ -10,15 +10,21 @@ use std::time::Duration;
 use ignis_protocol::{SERIAL_PORT_NAME, VSOCK_PORT};
 
 pub fn open() -> io::Result<File> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if cmdline
-        .split_whitespace()
-        .any(|w| w == "ignis.channel=vsock")
-    {
+    if redials() {
         vsock_connect()
     } else {
         serial_port()
     }
+}
+
+/// Whether the channel is one the agent dials (vsock), and so dials again
+/// when it breaks: Firecracker resets vsock connections on a restore. A
+/// virtio-serial port stays open across a restore.
+pub fn redials() -> bool {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .any(|w| w == "ignis.channel=vsock")
 }
 
 /// Finds the virtio-serial port by name; there is no udev to make the

@@ -92,6 +92,13 @@ fn serve(started: Instant) -> Result<(), String> {
     loop {
         let msg: HostMessage = match read_frame(&mut chan, HOST_FRAME_MAX) {
             Ok(m) => m,
+            // A vsock connection is reset when the VM is restored from a
+            // snapshot: dial again; the host's first word will be Resume.
+            Err(FrameError::Closed | FrameError::Io(_)) if channel::redials() => {
+                chan =
+                    channel::open().map_err(|e| format!("cannot reopen the host channel: {e}"))?;
+                continue;
+            }
             // A stream cannot be resynchronised after a bad frame: give up the VM.
             Err(FrameError::Closed) => return Err("host closed the channel".into()),
             Err(e) => return Err(format!("bad request from host: {e}")),

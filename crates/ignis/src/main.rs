@@ -30,6 +30,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(cmd::keys::Command),
+    /// Check what this host offers Ignis (KVM, drivers, jail, images) and
+    /// whether it can run jobs.
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => cmd::bench::main(args),
         Command::Serve(args) => cmd::serve::main(args),
         Command::Keys(c) => cmd::keys::main(c),
+        Command::Doctor(a) => cmd::doctor::main(a),
     };
     match result {
         Ok(code) => code,

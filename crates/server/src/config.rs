@@ -24,8 +24,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Jobs run at once (each holds one VM).
     pub workers: usize,
-    /// Restore VMs from per-language snapshots rather than booting them.
-    pub snapshots: bool,
+    /// Driver, jail and snapshots of the VMs.
+    pub launch: ignis_vmm::launcher::LaunchOptions,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,7 @@ impl ServerConfig {
             max_attempts: 2,
             shutdown_grace: Duration::from_secs(30),
             workers: 8,
-            snapshots: true,
+            launch: Default::default(),
         }
     }
 }

@@ -21,10 +21,7 @@ use crate::webhook::{RetryPolicy, WebhookSender};
 pub async fn services(cfg: ServerConfig, paths: Paths) -> anyhow::Result<Arc<Services>> {
     let store =
         SqliteStore::open(&cfg.data_dir.join("ignis.db")).context("opening the job database")?;
-    let mut launcher = Launcher::new(paths).await?;
-    if !cfg.snapshots {
-        launcher = launcher.without_snapshots();
-    }
+    let launcher = Launcher::with_options(paths, cfg.launch.clone()).await?;
     let secret = webhook_secret(&cfg.data_dir)?;
     Ok(assemble(cfg, launcher, Arc::new(store), secret))
 }

@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::qemu::Qemu;
-use crate::driver::Accel;
+use crate::driver::{Accel, Driver};
 use crate::image::{KernelImage, LanguageImage};
+use crate::jail::Containment;
 use crate::lock::FileLock;
 use crate::paths::Paths;
 use crate::vm::{Origin, Vm, VmConfig};
@@ -30,14 +31,16 @@ pub struct AccelChoice {
 struct ProbeRecord {
     boot_id: String,
     kernel_key: String,
-    choice: AccelChoice,
+    /// Whether a guest reached the agent, and how fast (or why not).
+    verdict: Result<u64, String>,
 }
 
-/// Chooses KVM or TCG. `IGNIS_ACCEL=kvm|tcg` forces the answer.
+/// Chooses KVM or TCG for QEMU. `IGNIS_ACCEL=kvm|tcg` forces the answer.
 pub async fn choose(
     paths: &Paths,
     kernel: &KernelImage,
     probe_image: Option<&LanguageImage>,
+    containment: &Containment,
 ) -> AccelChoice {
     let choice = match std::env::var("IGNIS_ACCEL").as_deref() {
         Ok("tcg") => AccelChoice {
@@ -48,17 +51,22 @@ pub async fn choose(
             accel: Accel::Kvm,
             reason: "forced by IGNIS_ACCEL".into(),
         },
-        _ => probe(paths, kernel, probe_image).await,
+        _ => {
+            let qemu = Qemu::from_path(Accel::Kvm, containment.clone());
+            match kvm_boots(paths, kernel, probe_image, &qemu).await {
+                Ok(ms) => AccelChoice {
+                    accel: Accel::Kvm,
+                    reason: format!("a KVM guest reached the agent in {ms} ms"),
+                },
+                Err(why) => AccelChoice {
+                    accel: Accel::Tcg,
+                    reason: why,
+                },
+            }
+        }
     };
     tracing::info!(accel = %choice.accel, reason = %choice.reason, "accelerator chosen");
     choice
-}
-
-fn tcg(reason: impl Into<String>) -> AccelChoice {
-    AccelChoice {
-        accel: Accel::Tcg,
-        reason: reason.into(),
-    }
 }
 
 /// Opens /dev/kvm and asks for its API version: the cheap half of the probe.
@@ -77,21 +85,26 @@ pub fn kvm_device_answers() -> Result<(), String> {
     }
 }
 
-async fn probe(paths: &Paths, kernel: &KernelImage, image: Option<&LanguageImage>) -> AccelChoice {
-    if let Err(why) = kvm_device_answers() {
-        return tcg(format!("KVM unusable: {why}"));
-    }
-    let Some(image) = image else {
-        return tcg("KVM not probed: no language image to boot");
-    };
+/// Whether a guest on `driver` (with KVM) really reaches the agent: the
+/// milliseconds it took, or why not. Cached per host boot, kernel and
+/// driver, since a probe that fails costs its whole timeout.
+pub async fn kvm_boots(
+    paths: &Paths,
+    kernel: &KernelImage,
+    image: Option<&LanguageImage>,
+    driver: &dyn Driver,
+) -> Result<u64, String> {
+    kvm_device_answers().map_err(|why| format!("KVM unusable: {why}"))?;
+    let image = image.ok_or("KVM not probed: no language image to boot")?;
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .unwrap_or_default()
         .trim()
         .to_string();
-    let record_path = paths.cache().join("accel-probe.json");
+    let name = driver.name();
+    let record_path = paths.cache().join(format!("kvm-probe-{name}.json"));
     let _ = std::fs::create_dir_all(paths.cache());
     // Concurrent first runs (parallel tests, a server and a CLI) probe once.
-    let _lock = FileLock::exclusive(&paths.cache().join("accel-probe.lock"))
+    let _lock = FileLock::exclusive(&paths.cache().join(format!("kvm-probe-{name}.lock")))
         .await
         .map_err(|e| tracing::warn!("probing KVM without the probe lock: {e}"));
     if let Some(r) = std::fs::read(&record_path)
@@ -99,36 +112,33 @@ async fn probe(paths: &Paths, kernel: &KernelImage, image: Option<&LanguageImage
         .and_then(|b| serde_json::from_slice::<ProbeRecord>(&b).ok())
     {
         if r.boot_id == boot_id && r.kernel_key == kernel.key {
-            return r.choice;
+            return r.verdict;
         }
     }
     tracing::info!(
-        "probing KVM by booting a {} guest (up to {} s)",
+        "probing KVM by booting a {} guest on {name} (up to {} s)",
         image.name(),
         PROBE_TIMEOUT.as_secs()
     );
     let mut cfg = VmConfig::new(kernel.clone(), image.clone(), paths);
     cfg.boot_timeout = PROBE_TIMEOUT;
-    let choice = match Vm::start(&Qemu::from_path(Accel::Kvm), &cfg, Origin::Boot).await {
+    let verdict = match Vm::start(driver, &cfg, Origin::Boot).await {
         Ok(vm) => {
             let ms = vm.info().ready_ms;
             vm.destroy().await;
-            AccelChoice {
-                accel: Accel::Kvm,
-                reason: format!("a KVM guest reached the agent in {ms} ms"),
-            }
+            Ok(ms)
         }
-        Err(e) => tcg(format!(
-            "KVM present but a guest did not reach user space: {e}"
+        Err(e) => Err(format!(
+            "KVM present but a {name} guest did not reach user space: {e}"
         )),
     };
     let record = ProbeRecord {
         boot_id,
         kernel_key: kernel.key.clone(),
-        choice: choice.clone(),
+        verdict: verdict.clone(),
     };
     if let Ok(bytes) = serde_json::to_vec_pretty(&record) {
         let _ = std::fs::write(&record_path, bytes);
     }
-    choice
+    verdict
 }

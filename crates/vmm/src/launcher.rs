@@ -1,15 +1,18 @@
 //! What every caller needs before its first VM: the discovered images, the
-//! driver and its accelerator, the paths and the snapshots, bundled so that
-//! `ignis run`, the benchmark and the server's pools start VMs the same
-//! way: restored from a snapshot when they can, booted when they cannot.
+//! driver and its accelerator, the jail, the paths and the snapshots,
+//! bundled so that `ignis run`, the benchmark and the server's pools start
+//! VMs the same way: restored from a snapshot when they can, booted when
+//! they cannot, jailed unless told otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::accel::{self, AccelChoice};
+use crate::driver::firecracker::Firecracker;
 use crate::driver::qemu::Qemu;
-use crate::driver::Driver;
-use crate::image::{Catalog, CatalogError, KernelImage};
+use crate::driver::{Accel, Driver};
+use crate::image::{Catalog, CatalogError, KernelImage, LanguageImage};
+use crate::jail::{self, Containment, Jail, JailUnavailable};
 use crate::paths::Paths;
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotStore, Snapshots};
 use crate::vm::{BootError, Origin, Vm, VmConfig};
@@ -21,6 +24,8 @@ pub struct Launcher {
     pub kernel: KernelImage,
     pub accel: AccelChoice,
     pub driver: Arc<dyn Driver>,
+    /// How the driver's VMMs are contained.
+    pub containment: Containment,
     pub boot_timeout: Duration,
     pub restore_timeout: Duration,
     /// `None`: every VM boots (`--no-snapshot`).
@@ -42,17 +47,83 @@ pub enum LaunchError {
     SnapshotsOff,
 }
 
+/// Which VMM runs the VMs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// Firecracker where its binary is found and KVM really works, else
+    /// QEMU with KVM, else QEMU with TCG.
+    #[default]
+    Auto,
+    Qemu,
+    Firecracker,
+}
+
+/// How a launcher is set up.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    pub driver: DriverChoice,
+    /// Every VMM jailed (off only with `--insecure-no-jail`).
+    pub jail: bool,
+    pub snapshots: bool,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        LaunchOptions {
+            driver: DriverChoice::Auto,
+            jail: true,
+            snapshots: true,
+        }
+    }
+}
+
+/// Why VMs cannot be launched here; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Jail(#[from] JailUnavailable),
+    #[error("--driver firecracker cannot work here: {0}")]
+    Firecracker(String),
+}
+
 impl Launcher {
-    /// Discovers images under `paths`, chooses the accelerator and drives
-    /// QEMU, with snapshots on.
-    pub async fn new(paths: Paths) -> Result<Launcher, CatalogError> {
+    /// Discovers images under `paths`, sets up the jail, chooses the driver
+    /// and accelerator, with snapshots on.
+    pub async fn new(paths: Paths) -> Result<Launcher, SetupError> {
+        Launcher::with_options(paths, LaunchOptions::default()).await
+    }
+
+    pub async fn with_options(paths: Paths, opts: LaunchOptions) -> Result<Launcher, SetupError> {
         let catalog = Catalog::discover(&paths.images());
         let kernel = catalog.kernel()?.clone();
+        let containment = if opts.jail {
+            let jail = Jail::new(&paths.home, &paths.runtime()).await?;
+            let reaped = jail.reap_stale();
+            if reaped > 0 {
+                tracing::warn!("killed the VMMs of {reaped} VMs a dead Ignis process left");
+            }
+            Containment::Jailed(Arc::new(jail))
+        } else {
+            tracing::warn!("VMMs run without a jail (--insecure-no-jail)");
+            Containment::Insecure
+        };
+        let stale = jail::reap_stale_dirs(&paths.runtime());
+        if stale > 0 {
+            tracing::warn!("removed {stale} VM directories a dead Ignis process left");
+        }
         // The smallest image makes the cheapest probe guest.
         let probe_image = catalog.languages.values().min_by_key(|l| l.total_bytes());
-        let accel = accel::choose(&paths, &kernel, probe_image).await;
-        let driver = Arc::new(Qemu::from_path(accel.accel));
-        Ok(Launcher::with_driver(paths, catalog, kernel, accel, driver))
+        let (driver, accel) =
+            choose_driver(opts.driver, &paths, &kernel, probe_image, &containment).await?;
+        let mut launcher = Launcher::with_driver(paths, catalog, kernel, accel, driver);
+        launcher.containment = containment;
+        Ok(if opts.snapshots {
+            launcher
+        } else {
+            launcher.without_snapshots()
+        })
     }
 
     /// A launcher over any driver (tests use the fake one).
@@ -70,6 +141,7 @@ impl Launcher {
             kernel,
             accel,
             driver,
+            containment: Containment::Insecure,
             boot_timeout: Duration::from_secs(60),
             restore_timeout: Duration::from_secs(15),
             snapshots: Some(snapshots),
@@ -142,4 +214,46 @@ impl Launcher {
                 source,
             })
     }
+}
+
+/// Picks the driver and accelerator (see [`DriverChoice`]).
+async fn choose_driver(
+    choice: DriverChoice,
+    paths: &Paths,
+    kernel: &KernelImage,
+    probe_image: Option<&LanguageImage>,
+    containment: &Containment,
+) -> Result<(Arc<dyn Driver>, AccelChoice), SetupError> {
+    if choice != DriverChoice::Qemu {
+        match firecracker_usable(paths, kernel, probe_image, containment).await {
+            Ok((fc, ms)) => {
+                let accel = AccelChoice {
+                    accel: Accel::Kvm,
+                    reason: format!("firecracker: a KVM guest reached the agent in {ms} ms"),
+                };
+                return Ok((Arc::new(fc), accel));
+            }
+            Err(why) if choice == DriverChoice::Firecracker => {
+                return Err(SetupError::Firecracker(why))
+            }
+            Err(why) => tracing::info!("not using firecracker: {why}"),
+        }
+    }
+    let accel = accel::choose(paths, kernel, probe_image, containment).await;
+    let qemu = Qemu::from_path(accel.accel, containment.clone());
+    Ok((Arc::new(qemu), accel))
+}
+
+/// Firecracker, if its binary is here and a guest really boots on it (the
+/// verdict cached like the QEMU KVM probe's), and the boot time.
+pub async fn firecracker_usable(
+    paths: &Paths,
+    kernel: &KernelImage,
+    probe_image: Option<&LanguageImage>,
+    containment: &Containment,
+) -> Result<(Firecracker, u64), String> {
+    let fc = Firecracker::from_env(containment.clone())?;
+    accel::kvm_device_answers().map_err(|e| format!("KVM unusable: {e}"))?;
+    let ms = accel::kvm_boots(paths, kernel, probe_image, &fc).await?;
+    Ok((fc, ms))
 }

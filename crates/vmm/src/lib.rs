@@ -7,6 +7,7 @@ pub mod agent;
 pub mod console;
 pub mod driver;
 pub mod image;
+pub mod jail;
 pub mod launcher;
 mod lock;
 pub mod memory;

@@ -26,6 +26,36 @@ pub fn private_memory_filter() -> std::io::Result<BpfProgram> {
     filter.try_into().map_err(std::io::Error::other)
 }
 
+/// For a VMM whose guest RAM is a private mapping of a snapshot's memory
+/// file, which QEMU 7.2 opens read-write although it only maps it
+/// privately: besides `fallocate` made a no-op ([`private_memory_filter`]),
+/// the writes QEMU never needs here fail with EPERM (`pwrite64`, `pwritev`,
+/// `pwritev2`, `ftruncate`: its only drive is read-only), so a VMM that a
+/// guest took over cannot write the file every other VM is restored from
+/// through them.
+pub fn restored_vmm_filters() -> std::io::Result<Vec<BpfProgram>> {
+    let deny = SeccompFilter::new(
+        [
+            libc::SYS_pwrite64,
+            libc::SYS_pwritev,
+            libc::SYS_pwritev2,
+            libc::SYS_ftruncate,
+        ]
+        .into_iter()
+        .map(|nr| (nr, vec![]))
+        .collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(std::io::Error::other)?;
+    Ok(vec![
+        private_memory_filter()?,
+        deny.try_into().map_err(std::io::Error::other)?,
+    ])
+}
+
+#[cfg(test)]
 /// Installs `filter` on the calling thread (with `PR_SET_NO_NEW_PRIVS`).
 /// Safe to call between fork and exec: it only makes system calls on data
 /// prepared before.

@@ -9,6 +9,7 @@ use crate::accel::AccelChoice;
 use crate::driver::fake::{Behaviour, Call, FakeDriver};
 use crate::driver::Accel;
 use crate::image::{Catalog, ImageProblem, LanguageImage};
+use crate::jail::Containment;
 use crate::launcher::Launcher;
 use crate::paths::Paths;
 
@@ -72,15 +73,16 @@ fn the_key_changes_with_everything_a_saved_guest_depends_on() {
     ] {
         assert_ne!(other.expect("key"), base);
     }
-    let qemu = crate::driver::qemu::Qemu::new("/bin/true", Accel::Tcg);
-    let kvm = crate::driver::qemu::Qemu::new("/bin/true", Accel::Kvm);
+    let qemu = crate::driver::qemu::Qemu::new("/bin/true", Accel::Tcg, Containment::Insecure);
+    let kvm = crate::driver::qemu::Qemu::new("/bin/true", Accel::Kvm, Containment::Insecure);
     let i = image(d, 512, "img-1");
     assert_ne!(
         key(&qemu, &kernel("k-1"), &i),
         key(&kvm, &kernel("k-1"), &i)
     );
     assert_ne!(key(&qemu, &kernel("k-1"), &i).expect("qemu"), base);
-    let missing = crate::driver::qemu::Qemu::new("/no/such/qemu", Accel::Tcg);
+    let missing =
+        crate::driver::qemu::Qemu::new("/no/such/qemu", Accel::Tcg, Containment::Insecure);
     assert_eq!(
         key(&missing, &kernel("k-1"), &i),
         None,

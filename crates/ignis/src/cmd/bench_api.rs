@@ -214,7 +214,7 @@ async fn service(
 ) -> anyhow::Result<Arc<Services>> {
     let mut cfg = ServerConfig::new(dir.to_path_buf());
     cfg.dev = true;
-    cfg.snapshots = s.snapshots;
+    cfg.launch.snapshots = s.snapshots;
     cfg.pool.warm = s.warm;
     // Room for the clients' jobs and the refills behind them, plus the
     // other languages' pools, which would otherwise take from it.

@@ -49,9 +49,8 @@ pub struct Args {
     /// API key for --server.
     #[arg(long, env = "IGNIS_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Boot a fresh VM instead of restoring the language's snapshot.
-    #[arg(long)]
-    pub no_snapshot: bool,
+    #[command(flatten)]
+    pub vm: super::VmFlags,
 }
 
 /// Exit codes for verdicts that have no exit code of their own.
@@ -129,10 +128,7 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_local(a: &Args, req: RunRequest) -> anyhow::Result<RunReport> {
-    let mut launcher = Launcher::new(Paths::from_env()).await?;
-    if a.no_snapshot {
-        launcher = launcher.without_snapshots();
-    }
+    let launcher = Launcher::with_options(Paths::from_env(), a.vm.options()).await?;
     let language = match &a.language {
         Some(l) => launcher.catalog.language(l)?.name().to_owned(),
         None => launcher

@@ -41,9 +41,8 @@ pub struct Args {
     /// Largest timeout a job may ask for, in seconds.
     #[arg(long, default_value_t = 60)]
     pub max_timeout: u64,
-    /// Boot every VM instead of restoring it from its language's snapshot.
-    #[arg(long)]
-    pub no_snapshot: bool,
+    #[command(flatten)]
+    pub vm: super::VmFlags,
 }
 
 pub fn main(a: Args) -> anyhow::Result<ExitCode> {
@@ -67,7 +66,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     cfg.allow_private_webhooks = a.allow_private_webhooks;
     cfg.shutdown_grace = Duration::from_secs(a.shutdown_grace);
     cfg.maxima.timeout_ms = a.max_timeout.saturating_mul(1000);
-    cfg.snapshots = !a.no_snapshot;
+    cfg.launch = a.vm.options();
 
     let svc = ignis_server::embedded::services(cfg, Paths::from_env()).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
@@ -76,19 +75,20 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     if a.dev {
         eprintln!("ignis: *** DEV MODE: NO AUTHENTICATION; anyone on this host can run code ***");
     }
+    let l = svc.pools.launcher();
+    let jail = match l.containment {
+        ignis_vmm::jail::Containment::Jailed(_) => "jailed",
+        ignis_vmm::jail::Containment::Insecure => "NOT jailed",
+    };
+    let languages: Vec<&str> = l.catalog.languages.keys().map(String::as_str).collect();
     eprintln!(
-        "ignis: serving on http://{} (accelerator {}: {}; languages: {})",
+        "ignis: serving on http://{} ({} {jail}, accelerator {}: {}; snapshots {}; languages: {})",
         listener.local_addr()?,
-        svc.pools.launcher().accel.accel,
-        svc.pools.launcher().accel.reason,
-        svc.pools
-            .launcher()
-            .catalog
-            .languages
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
+        l.driver.name(),
+        l.accel.accel,
+        l.accel.reason,
+        if l.snapshots.is_some() { "on" } else { "off" },
+        languages.join(", ")
     );
     ignis_server::server::run(listener, shutdown_signal(), svc).await
 }

@@ -182,14 +182,10 @@ pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> FakeImage {
     let (Some(mkfs), true) = (mkfs(), busybox.exists()) else {
         panic!("prerequisite missing: /bin/busybox (busybox-static) and mkfs.erofs (erofs-utils)");
     };
-    // Use the accelerator the real launcher settled on (its probe is cached).
-    let accel = ignis_vmm::accel::choose(
-        &Paths::from_env(),
-        real.kernel().expect("kernel"),
-        real.languages.values().next(),
-    )
-    .await
-    .accel;
+    // The jail and accelerator the real launcher settled on (its probe is cached).
+    let real_launcher = Launcher::new(Paths::from_env())
+        .await
+        .expect("launcher over the real images");
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let images = tmp.path().join("images");
@@ -264,7 +260,7 @@ pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> FakeImage {
     FakeImage {
         _tmp: tmp,
         cfg,
-        driver: Qemu::from_path(accel),
+        driver: Qemu::from_path(real_launcher.accel.accel, real_launcher.containment.clone()),
     }
 }
 

@@ -7,6 +7,7 @@
 //! logs — lives in [`crate::vm::Vm`], so a second driver (Firecracker) is a
 //! file beside `qemu.rs`, not a copy of `Vm::start`.
 
+pub mod firecracker;
 pub mod qemu;
 mod qmp;
 
@@ -206,4 +207,16 @@ impl DriverError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, DriverError::Spawn { .. } | DriverError::Io { .. })
     }
+}
+
+/// The kernel command-line word that names the drives after the root (vdb,
+/// vdc, ...) for the agent to stack over it; none with the root alone.
+pub fn layers_arg(drives: usize) -> Option<String> {
+    if drives < 2 {
+        return None;
+    }
+    let names: Vec<String> = (1..drives)
+        .map(|i| format!("vd{}", (b'a' + (i % 26) as u8) as char))
+        .collect();
+    Some(format!("ignis.layers={}", names.join(",")))
 }

@@ -125,10 +125,12 @@ impl Session {
 
 /// Pauses the guest whose monitor dials `listener` and writes its device
 /// state to `state_file` (created here, synced before this returns).
-/// `vm_dir` holds the temporary migration socket.
+/// `vm_dir` holds the temporary migration socket; `vmm_owner` is the
+/// (uid, gid) of a jailed QEMU, which must be able to connect to it.
 pub async fn save(
     listener: &UnixListener,
     vm_dir: &Path,
+    vmm_owner: Option<(u32, u32)>,
     state_file: &Path,
 ) -> Result<(), DriverError> {
     let mut s = Session::accept(listener).await?;
@@ -137,6 +139,11 @@ pub async fn save(
     let socket = vm_dir.join("migrate.sock");
     let to_file =
         UnixListener::bind(&socket).map_err(DriverError::io("binding the migration socket"))?;
+    if let Some((uid, gid)) = vmm_owner {
+        std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(DriverError::io(
+            "handing the migration socket to the VMM user",
+        ))?;
+    }
     s.qmp
         .execute(qmp::migrate {
             uri: Some(format!("unix:{}", socket.display())),
@@ -146,10 +153,18 @@ pub async fn save(
         })
         .await
         .map_err(refused("migrate"))?;
-    let (mut from_qemu, _) = to_file
-        .accept()
-        .await
-        .map_err(DriverError::io("accepting the migration stream"))?;
+    // A migration that fails before it connects (QEMU could not reach the
+    // socket) is only ever reported as an event: wait for either.
+    let mut from_qemu = tokio::select! {
+        accepted = to_file.accept() => {
+            accepted.map_err(DriverError::io("accepting the migration stream"))?.0
+        }
+        ended = s.migration_completed() => {
+            return Err(ended.err().unwrap_or_else(|| {
+                DriverError::Refused("the migration completed without writing anything".into())
+            }));
+        }
+    };
     let mut file = tokio::fs::File::create(state_file)
         .await
         .map_err(DriverError::io("creating the device-state file"))?;

@@ -7,14 +7,12 @@
 //! kept only on failure.
 
 mod collect;
+mod handshake;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use ignis_protocol::{
-    FrameError, GuestMessage, HostMessage, Ready, Resume, RunOutcome, RunRequest, Stream,
-    RESUME_ENTROPY_BYTES,
-};
+use ignis_protocol::{FrameError, GuestMessage, HostMessage, RunOutcome, RunRequest, Stream};
 use serde::Serialize;
 
 use crate::agent::AgentConn;
@@ -26,6 +24,7 @@ use crate::image::{KernelImage, LanguageImage};
 use crate::memory::HostMemory;
 use crate::snapshot::Snapshot;
 use collect::Collected;
+use handshake::{check_ready, expect_ready, kind, resume, unix_now};
 
 /// Everything needed to start one VM, whatever the driver.
 #[derive(Debug, Clone)]
@@ -184,9 +183,6 @@ pub struct Vm {
     info: VmInfo,
     state: VmState,
 }
-
-/// Longest runtime version string accepted from a guest.
-const VERSION_MAX: usize = 200;
 
 impl Vm {
     /// Starts a VM: prepare its directory, spawn the VMM, shake hands with
@@ -468,7 +464,15 @@ impl Vm {
         if self.state != VmState::Ready {
             return Err(SaveError::NotAllowed(self.state));
         }
-        let r = self.machine.snapshot(into).await;
+        // A VMM that stops answering mid-save must not hang `ignis images
+        // snapshot` (and with it set-up and CI) forever.
+        let r = match tokio::time::timeout(SAVE_TIMEOUT, self.machine.snapshot(into)).await {
+            Ok(r) => r,
+            Err(_) => Err(DriverError::Refused(format!(
+                "the snapshot was not saved within {} s",
+                SAVE_TIMEOUT.as_secs()
+            ))),
+        };
         self.state = if r.is_ok() {
             VmState::Saved
         } else {
@@ -506,6 +510,9 @@ impl Drop for Vm {
 
 /// How long a VMM whose channel closed gets to show it has exited.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// How long saving a snapshot may take: the device state is tens of KB
+/// (guest RAM stays in its shared file), so this is generous.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a start failed, before it becomes a [`BootError`] with its log.
 enum Failure {
@@ -550,94 +557,6 @@ impl From<FrameError> for Failure {
     }
 }
 
-async fn expect_ready(conn: &mut AgentConn<AgentStream>) -> Result<Ready, Failure> {
-    match conn.recv().await? {
-        GuestMessage::Ready(r) => Ok(r),
-        other => Err(Failure::Protocol(format!(
-            "expected ready, got {}",
-            kind(&other)
-        ))),
-    }
-}
-
-/// Makes a restored guest unique before it takes a job: fresh entropy, the
-/// host's clock, its own id. A guest that cannot reseed is refused: it
-/// would hand out the same random numbers as its siblings.
-async fn resume(conn: &mut AgentConn<AgentStream>, vm_id: &str) -> Result<(), Failure> {
-    let mut entropy = vec![0u8; RESUME_ENTROPY_BYTES];
-    host_random(&mut entropy).map_err(|e| Failure::Protocol(format!("host entropy: {e}")))?;
-    conn.send(&HostMessage::Resume(Resume {
-        entropy,
-        unix_time_ms: unix_now().as_millis() as u64,
-        vm_id: vm_id.to_owned(),
-    }))
-    .await?;
-    match conn.recv().await? {
-        GuestMessage::Resumed(r) if r.vm_id != vm_id => Err(Failure::Protocol(format!(
-            "the guest answered for VM {:?}",
-            r.vm_id
-        ))),
-        GuestMessage::Resumed(r) if !r.reseeded => Err(Failure::Protocol(
-            "the guest could not reseed its random generator".into(),
-        )),
-        GuestMessage::Resumed(_) => Ok(()),
-        other => Err(Failure::Protocol(format!(
-            "expected resumed, got {}",
-            kind(&other)
-        ))),
-    }
-}
-
-/// Fills `buf` from the host kernel's random generator.
-fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            continue;
-        }
-        filled += n as usize;
-    }
-    Ok(())
-}
-
-fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-fn check_ready(r: &Ready, language: &str) -> Result<(), String> {
-    if r.language != language {
-        return Err(format!(
-            "agent says language {:?}, image is {language:?}",
-            r.language
-        ));
-    }
-    if r.runtime_version.len() > VERSION_MAX || r.agent_version.len() > VERSION_MAX {
-        return Err("version strings too long".into());
-    }
-    Ok(())
-}
-
-fn kind(m: &GuestMessage) -> &'static str {
-    match m {
-        GuestMessage::Ready(_) => "ready",
-        GuestMessage::Phase { .. } => "phase",
-        GuestMessage::Output { .. } => "output",
-        GuestMessage::Result(_) => "result",
-        GuestMessage::Pong => "pong",
-        GuestMessage::Resumed(_) => "resumed",
-        GuestMessage::Warmed { .. } => "warmed",
-    }
-}
-
 /// The per-VM directory, removed when dropped.
 #[derive(Debug)]
 struct VmDir(PathBuf);
@@ -651,7 +570,17 @@ impl VmDir {
         };
         std::fs::create_dir_all(parent).map_err(setup)?;
         std::fs::create_dir(&path).map_err(setup)?;
-        Ok(VmDir(path))
+        let dir = VmDir(path);
+        // Whose VM this is: a later Ignis process removes it once we are gone.
+        std::fs::write(
+            dir.0.join(crate::jail::OWNER_FILE),
+            crate::jail::owner_name(),
+        )
+        .map_err(|source| BootError::Setup {
+            path: dir.0.clone(),
+            source,
+        })?;
+        Ok(dir)
     }
 }
 
