@@ -119,7 +119,11 @@ fn every_call_matches_firecrackers_api_description() {
     let doc = schema();
     let mut errors = Vec::new();
     let calls = every_call();
-    assert_eq!(calls.len(), 11, "boot (8: two drives), restore (1), snapshot (2)");
+    assert_eq!(
+        calls.len(),
+        11,
+        "boot (8: two drives), restore (1), snapshot (2)"
+    );
     for c in &calls {
         // "/drives/root" is an instance of "/drives/{drive_id}".
         let template = if c.path.starts_with("/drives/") {
