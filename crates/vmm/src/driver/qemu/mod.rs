@@ -137,7 +137,7 @@ impl Qemu {
             jail::Mount::rw(spec.dir),
         ]);
         // Every image drive: the base and each layer above it.
-        mounts.extend(spec.drives.iter().map(|d| jail::Mount::ro(d)));
+        mounts.extend(spec.drives.iter().map(jail::Mount::ro));
         mounts.extend(memory_file.map(jail::Mount::rw));
         if self.accel == Accel::Kvm {
             mounts.push(jail::Mount::Device("/dev/kvm".into()));
