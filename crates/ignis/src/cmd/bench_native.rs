@@ -80,7 +80,17 @@ pub fn measure(native: Option<&recipe::Native>, file: &Path, dir: &Path, runs: u
         );
     };
     let (build_ms, run_argv, run_dir) = match &n.build {
-        None => (None, Recipe::expand(&n.run, &[name], ""), dir.to_path_buf()),
+        // The program by its absolute path: gVisor runs this same command
+        // from another working directory.
+        None => {
+            let entry = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+            let entry = entry.to_string_lossy().into_owned();
+            (
+                None,
+                Recipe::expand(&n.run, &[entry], ""),
+                dir.to_path_buf(),
+            )
+        }
         Some(build) => {
             let source = match std::fs::read_to_string(file) {
                 Ok(s) => s,
