@@ -27,6 +27,10 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Run the service: HTTP API, job store, queue, warm VM pools, workers.
     Serve(cmd::serve::Args),
+    /// Distributed mode: an API process over NATS JetStream and PostgreSQL.
+    Api(cmd::api::Args),
+    /// Distributed mode: a worker that runs the jobs the API queued.
+    Worker(cmd::worker::Args),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(cmd::keys::Command),
@@ -49,6 +53,8 @@ fn main() -> std::process::ExitCode {
         Command::Images(c) => cmd::images::main(c),
         Command::Bench(args) => cmd::bench::main(args),
         Command::Serve(args) => cmd::serve::main(args),
+        Command::Api(args) => cmd::api::main(args),
+        Command::Worker(args) => cmd::worker::main(args),
         Command::Keys(c) => cmd::keys::main(c),
         Command::Doctor(a) => cmd::doctor::main(a),
     };

@@ -64,7 +64,13 @@ async fn run_in_two_restored(
         let vm = launcher.start(language).await.expect("restore");
         assert!(vm.info().restored, "{:?}", vm.info());
         let id = vm.info().id.clone();
-        let r = report::execute(vm, request(files, Limits::default()), |_| {}).await;
+        // A roomy compile limit: two VMs of another test may share the two
+        // cores, and this test is about what the guest prints, not speed.
+        let limits = Limits {
+            compile_timeout_ms: 300_000,
+            ..Limits::default()
+        };
+        let r = report::execute(vm, request(files, limits), |_| {}).await;
         assert_eq!(r.status, Verdict::Ok, "{r:#?}");
         let printed: Value = serde_json::from_str(&r.stdout).expect("one JSON object");
         seen.push((printed, id));

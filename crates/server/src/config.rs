@@ -26,6 +26,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Driver, jail and snapshots of the VMs.
     pub launch: ignis_vmm::launcher::LaunchOptions,
+    /// How long a distributed queue waits for a worker's word on a job
+    /// before it hands the job to another worker; workers say they are
+    /// still at it three times per period.
+    pub ack_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +79,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             workers: 8,
             launch: Default::default(),
+            ack_wait: Duration::from_secs(30),
         }
     }
 }

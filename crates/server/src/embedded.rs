@@ -8,10 +8,17 @@ use anyhow::Context;
 use ignis_vmm::paths::Paths;
 use ignis_vmm::Launcher;
 
+use std::sync::atomic::AtomicBool;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::config::ServerConfig;
+use crate::events::{Bus, LocalBus, RunningJobs};
+use crate::fleet::LocalFleet;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::queue::memory::MemoryQueue;
+use crate::queue::JobQueue;
 use crate::state::Services;
 use crate::store::sqlite::SqliteStore;
 use crate::store::JobStore;
@@ -38,23 +45,70 @@ pub fn assemble(
         metrics.add_language(language);
     }
     let pools = Pools::new(launcher, cfg.pool.clone(), metrics.clone());
+    let running = Arc::new(RunningJobs::default());
+    let bus = Arc::new(LocalBus::new(running.clone()));
+    with_pools(
+        cfg,
+        pools,
+        store,
+        Arc::new(MemoryQueue::new()),
+        bus,
+        running,
+        metrics,
+        webhook_secret,
+    )
+}
+
+/// The services of a process that runs VMs (`serve`, `worker`) over the
+/// given store, queue and bus; its fleet is itself.
+#[allow(clippy::too_many_arguments)]
+pub fn with_pools(
+    cfg: ServerConfig,
+    pools: Pools,
+    store: Arc<dyn JobStore>,
+    queue: Arc<dyn JobQueue>,
+    bus: Arc<dyn Bus>,
+    running: Arc<RunningJobs>,
+    metrics: Arc<Metrics>,
+    webhook_secret: Vec<u8>,
+) -> Arc<Services> {
+    let draining = Arc::new(AtomicBool::new(false));
+    let fleet = Arc::new(LocalFleet {
+        id: worker_id(),
+        pools: pools.clone(),
+        capacity: cfg.workers.max(1),
+        running: running.clone(),
+        metrics: metrics.clone(),
+        draining: draining.clone(),
+    });
     let webhooks = WebhookSender::new(
         webhook_secret,
         cfg.allow_private_webhooks,
         RetryPolicy::default(),
     );
-    Arc::new(Services::new(
-        cfg,
+    Arc::new(Services {
+        config: cfg,
         store,
-        Arc::new(MemoryQueue::new()),
-        pools,
+        queue,
+        bus,
+        fleet,
+        pools: Some(pools),
         metrics,
         webhooks,
-    ))
+        running,
+        draining,
+        shutdown: CancellationToken::new(),
+    })
+}
+
+/// This process on this host, as workers announce themselves.
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 /// The key webhooks are signed with: made once, kept in the data directory.
-fn webhook_secret(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+pub fn webhook_secret(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("webhook-secret");
     if let Ok(s) = std::fs::read_to_string(&path) {

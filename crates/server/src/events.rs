@@ -1,19 +1,137 @@
-//! Live events of running jobs, for `GET /v1/jobs/{id}/events`.
+//! Live events of jobs, for `GET /v1/jobs/{id}/events` and `?wait=true`,
+//! and the way a cancel reaches the worker running a job.
 //!
-//! Each active job has a channel with its history so far: a subscriber gets
-//! the history and then the live events under one lock, so it never misses
-//! or repeats a chunk, however late it arrives.
+//! [`Bus`] is the seam: in one process the [`LocalBus`] (an [`EventHub`]
+//! and the table of jobs running here); across processes the NATS bus in
+//! `queue::nats`. Whoever runs a job publishes its events; whoever serves
+//! the API subscribes, and gets a job's history so far and then its live
+//! events, so a late subscriber never misses or repeats a chunk.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
 use ignis_protocol::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobId, JobStatus};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The messaging system cannot be reached now; retry later.
+    #[error("event bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A job's events: its history so far, then live ones until `result`.
+pub type EventStream = BoxStream<'static, JobEvent>;
+
+/// Where job events and cancels travel.
+#[async_trait]
+pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
+    /// Publishes an event of job `id`; never blocks. Events of one job from
+    /// one publisher arrive in order.
+    fn publish(&self, id: JobId, ev: JobEvent);
+    /// Publishes the job's last event (`result`) and lets go of its channel.
+    fn finish(&self, id: JobId, ev: JobEvent) {
+        self.publish(id, ev);
+    }
+    /// The job's events from its first, then live. `None` when this bus
+    /// knows nothing of the job (then the store has the final word).
+    async fn subscribe(&self, id: JobId) -> Result<Option<EventStream>, BusError>;
+    /// Asks whoever runs job `id` to stop it. False when nobody does (it
+    /// was between workers), so the caller publishes its end itself.
+    async fn stop(&self, id: JobId) -> bool;
+}
+
+/// Cancellation handles of the jobs running in this process.
+#[derive(Debug, Default)]
+pub struct RunningJobs {
+    jobs: Mutex<HashMap<JobId, CancellationToken>>,
+}
+
+impl RunningJobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, CancellationToken>> {
+        // A plain map; a panic elsewhere leaves nothing half-done.
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, id: JobId, token: CancellationToken) {
+        self.lock().insert(id, token);
+    }
+
+    pub fn remove(&self, id: JobId) {
+        self.lock().remove(&id);
+    }
+
+    /// Stops a job running in this process; false if it is not running here.
+    pub fn stop(&self, id: JobId) -> bool {
+        self.lock()
+            .get(&id)
+            .map(CancellationToken::cancel)
+            .is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The bus of the one-process server: an in-memory hub, and cancels that
+/// reach the local workers directly.
+#[derive(Debug, Default)]
+pub struct LocalBus {
+    pub hub: EventHub,
+    pub running: Arc<RunningJobs>,
+}
+
+impl LocalBus {
+    pub fn new(running: Arc<RunningJobs>) -> LocalBus {
+        LocalBus {
+            hub: EventHub::default(),
+            running,
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    fn publish(&self, id: JobId, ev: JobEvent) {
+        if matches!(ev, JobEvent::Status { .. }) {
+            self.hub.open(id);
+        }
+        self.hub.publish(id, ev);
+    }
+
+    fn finish(&self, id: JobId, ev: JobEvent) {
+        self.hub.finish(id, ev);
+    }
+
+    async fn subscribe(&self, id: JobId) -> Result<Option<EventStream>, BusError> {
+        Ok(self.hub.subscribe(id).map(|(history, rx)| {
+            // A client too slow to keep up is cut off rather than shown a
+            // gap; reconnecting replays the whole history.
+            let live = BroadcastStream::new(rx)
+                .take_while(|r| futures::future::ready(r.is_ok()))
+                .filter_map(|r| futures::future::ready(r.ok()));
+            stream::iter(history).chain(live).boxed()
+        }))
+    }
+
+    async fn stop(&self, id: JobId) -> bool {
+        self.running.stop(id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobEvent {
     Status {

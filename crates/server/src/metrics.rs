@@ -71,6 +71,9 @@ struct Inner {
     jobs_submitted: IntCounter,
     webhook_deliveries: IntCounterVec,
     http_requests: IntCounterVec,
+    workers: IntGauge,
+    worker_capacity: IntGauge,
+    fleet_jobs: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -170,6 +173,22 @@ impl Metrics {
                 "ignis_http_requests_total",
                 "API responses by status class",
                 &["status_class"],
+            )?,
+            workers: reg(
+                &r,
+                IntGauge::new("ignis_workers", "Workers announcing themselves now"),
+            )?,
+            worker_capacity: reg(
+                &r,
+                IntGauge::new(
+                    "ignis_worker_capacity",
+                    "Jobs the workers can run at once, together",
+                ),
+            )?,
+            fleet_jobs: gauge_vec(
+                "ignis_fleet_jobs",
+                "Jobs ended by the live workers since each started, by verdict",
+                &["verdict"],
             )?,
             registry: r.clone(),
         };
@@ -283,6 +302,30 @@ impl Metrics {
             let counter = self.inner.webhook_deliveries.with_label_values(&[outcome]);
             // Counters only go up; a smaller total (a new sender) adds nothing.
             counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// Jobs this process ended, by verdict (what a worker announces).
+    pub fn jobs_by_verdict(&self) -> std::collections::BTreeMap<String, u64> {
+        verdicts()
+            .map(|v| (v.to_owned(), self.inner.jobs.with_label_values(&[v]).get()))
+            .collect()
+    }
+
+    /// The fleet as its workers last announced it.
+    pub fn set_fleet(
+        &self,
+        workers: usize,
+        capacity: usize,
+        jobs: &std::collections::BTreeMap<String, u64>,
+    ) {
+        let i = &self.inner;
+        i.workers.set(to_i64(workers));
+        i.worker_capacity.set(to_i64(capacity));
+        for verdict in verdicts() {
+            let n = jobs.get(verdict).copied().unwrap_or(0);
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            i.fleet_jobs.with_label_values(&[verdict]).set(n);
         }
     }
 

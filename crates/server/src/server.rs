@@ -5,14 +5,10 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::events::JobEvent;
-use crate::job::JobStatus;
-use crate::queue::QueuedJob;
 use crate::state::Services;
 
 /// Serves until `shutdown` resolves, then: takes no new jobs, lets running
@@ -23,12 +19,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     svc: Arc<Services>,
 ) -> anyhow::Result<()> {
-    recover(&svc).await?;
-    svc.pools.start_refill();
+    let Some(pools) = svc.pools.clone() else {
+        anyhow::bail!("the one-process server needs VM pools");
+    };
+    crate::service::recover(&svc).await?;
+    pools.start_refill();
     let stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let workers = tokio::spawn(crate::worker::run(
         svc.clone(),
+        pools.clone(),
         svc.config.workers,
         stop.clone(),
         hard_stop.clone(),
@@ -61,38 +61,11 @@ pub async fn run(
     });
     let _ = workers.await;
     timer.abort();
-    svc.pools.shutdown().await;
+    pools.shutdown().await;
     svc.shutdown.cancel();
     http_done.cancel();
     http.await??;
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// Puts the store's queued jobs back on the queue after a restart, and deals
-/// honestly with those that were running when the last process died.
-async fn recover(svc: &Services) -> anyhow::Result<()> {
-    let rec = svc
-        .store
-        .recover(svc.config.max_attempts, Utc::now())
-        .await?;
-    for id in &rec.failed {
-        tracing::warn!(job = %id, "was running when the server stopped; marked internal_error");
-        crate::worker::finish(svc, *id).await;
-    }
-    for (id, language) in rec.requeued.iter().cloned() {
-        svc.hub.open(id);
-        svc.hub.publish(
-            id,
-            JobEvent::Status {
-                status: JobStatus::Queued,
-            },
-        );
-        svc.queue.push(QueuedJob { id, language }).await?;
-    }
-    if !rec.requeued.is_empty() {
-        tracing::info!("{} queued jobs recovered", rec.requeued.len());
-    }
     Ok(())
 }
 

@@ -1,63 +1,37 @@
 //! The services every handler and worker shares.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::events::EventHub;
-use crate::job::JobId;
+use crate::events::{Bus, RunningJobs};
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::queue::JobQueue;
 use crate::store::JobStore;
 use crate::webhook::WebhookSender;
 
+/// Everything a process of Ignis runs on. `ignis serve` has all of it;
+/// `ignis api` has no pools (no images, no VMs) and learns the languages
+/// from the workers' announcements; `ignis worker` serves no HTTP.
 #[derive(Debug)]
 pub struct Services {
     pub config: ServerConfig,
     pub store: Arc<dyn JobStore>,
     pub queue: Arc<dyn JobQueue>,
-    pub pools: Pools,
-    pub hub: EventHub,
+    pub bus: Arc<dyn Bus>,
+    pub fleet: Arc<dyn Fleet>,
+    /// This process's VMs; `None` on an API-only host.
+    pub pools: Option<Pools>,
     pub metrics: Arc<Metrics>,
     pub webhooks: WebhookSender,
     /// Cancellation handles of the jobs running in this process.
-    pub running: Mutex<HashMap<JobId, CancellationToken>>,
+    pub running: Arc<RunningJobs>,
     /// Set when shutdown begins: no new jobs are taken.
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
     /// Cancelled when the server stops; ends long-lived responses (SSE).
     pub shutdown: CancellationToken,
-}
-
-impl Services {
-    pub fn new(
-        config: ServerConfig,
-        store: Arc<dyn JobStore>,
-        queue: Arc<dyn JobQueue>,
-        pools: Pools,
-        metrics: Arc<Metrics>,
-        webhooks: WebhookSender,
-    ) -> Services {
-        Services {
-            config,
-            store,
-            queue,
-            pools,
-            hub: EventHub::default(),
-            metrics,
-            webhooks,
-            running: Mutex::new(HashMap::new()),
-            draining: AtomicBool::new(false),
-            shutdown: CancellationToken::new(),
-        }
-    }
-
-    /// Stops a job running in this process; false if it is not running here.
-    pub fn stop_running(&self, id: JobId) -> bool {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.get(&id).map(CancellationToken::cancel).is_some()
-    }
 }

@@ -4,9 +4,13 @@
 //! a pooled VM that is dead, a channel that breaks before the run started)
 //! is retried once on another VM; after that, or once output has been
 //! streamed, it ends as an honest `internal_error`.
+//!
+//! A delivery is acknowledged only once its result is stored (or there was
+//! nothing to do); a worker that dies leaves its delivery to come back to
+//! another worker, and the store's claim decides what that one does.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ignis_protocol::Phase;
@@ -16,62 +20,39 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{JobEvent, Utf8Chunker};
 use crate::job::{Job, JobStatus, Timings};
-use crate::queue::QueueError;
+use crate::pool::Pools;
+use crate::queue::{Delivery, QueueError};
+use crate::service;
 use crate::state::Services;
-use crate::store::StoreError;
+use crate::store::{Claimed, StoreError, StoreResult};
 
 /// Runs `n` workers until `stop` is cancelled, then lets running jobs finish
 /// until `hard_stop` is cancelled, after which they are requeued.
 pub async fn run(
     svc: Arc<Services>,
+    pools: Pools,
     n: usize,
     stop: CancellationToken,
     hard_stop: CancellationToken,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n.max(1) {
-        tasks.spawn(work(svc.clone(), stop.clone(), hard_stop.clone()));
+        let w = Worker {
+            svc: svc.clone(),
+            pools: pools.clone(),
+        };
+        tasks.spawn(w.work(stop.clone(), hard_stop.clone()));
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn work(svc: Arc<Services>, stop: CancellationToken, hard_stop: CancellationToken) {
-    loop {
-        let next = tokio::select! {
-            () = stop.cancelled() => return,
-            j = svc.queue.pop() => j,
-        };
-        let queued = match next {
-            Ok(q) => q,
-            Err(QueueError::Closed) => return,
-            Err(e) => {
-                tracing::error!("queue: {e}");
-                // A broken queue backend: do not spin.
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        svc.metrics.set_queue_depth(svc.queue.depth());
-        // The cancel handle exists before the job is marked running, so a
-        // cancel that sees `running` always finds it.
-        let cancel = CancellationToken::new();
-        svc.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(queued.id, cancel.clone());
-        match svc.store.start(queued.id, Utc::now()).await {
-            Ok(job) => process(&svc, job, cancel, &hard_stop).await,
-            // Canceled (or finished) while it waited: nothing to do.
-            Err(StoreError::NotAllowed { .. } | StoreError::NotFound(_)) => {}
-            Err(e) => tracing::error!(job = %queued.id, "store: {e}"),
-        }
-        svc.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&queued.id);
-    }
+/// How long a worker keeps trying to store a result while the store is
+/// unreachable, before it gives the job up to redelivery.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(120);
+
+struct Worker {
+    svc: Arc<Services>,
+    pools: Pools,
 }
 
 enum Ending {
@@ -81,149 +62,268 @@ enum Ending {
     Requeue,
 }
 
-async fn process(
-    svc: &Arc<Services>,
-    job: Job,
-    cancel: CancellationToken,
-    hard_stop: &CancellationToken,
-) {
-    let id = job.id;
-    svc.hub.open(id);
-    svc.hub.publish(
-        id,
-        JobEvent::Status {
-            status: JobStatus::Running,
-        },
-    );
-    let ending = tokio::select! {
-        e = attempt_all(svc, &job) => e,
-        () = cancel.cancelled() => Ending::Canceled,
-        () = hard_stop.cancelled() => Ending::Requeue,
-    };
-    // The cancel handle stays registered until `work` removes it after this
-    // returns, so a cancel arriving now still leaves the ending to us.
-    match ending {
-        Ending::Done(report, timings) => {
-            let report = *report;
-            match svc.store.complete(id, &report, timings, Utc::now()).await {
-                Ok(()) => svc.metrics.job_finished(report.status.as_str(), &timings),
-                // Canceled at the last moment: the cancel stands.
+impl Worker {
+    /// Pops a job only when it is free to run one, so it never holds more
+    /// jobs than it can run.
+    async fn work(self, stop: CancellationToken, hard_stop: CancellationToken) {
+        let svc = &self.svc;
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                j = svc.queue.pop() => j,
+            };
+            let delivery = match next {
+                Ok(d) => d,
+                Err(QueueError::Closed) => return,
                 Err(e) => {
-                    tracing::info!(job = %id, "result not stored: {e}");
-                    svc.metrics.job_canceled();
+                    tracing::warn!("queue: {e}");
+                    // The queue's server is away: do not spin.
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            svc.metrics.set_queue_depth(svc.queue.depth());
+            let id = delivery.job.id;
+            // The cancel handle exists before the job is marked running, so a
+            // cancel that sees `running` always finds it.
+            let cancel = CancellationToken::new();
+            svc.running.insert(id, cancel.clone());
+            let keep_alive = keep_alive(&delivery, svc.config.ack_wait);
+            let acked = self.deliver(&delivery, cancel, &hard_stop).await;
+            keep_alive.abort();
+            svc.running.remove(id);
+            if acked {
+                if let Err(e) = delivery.handle.ack().await {
+                    // The result is stored: a redelivery finds it ended.
+                    tracing::warn!(job = %id, "acknowledgement lost: {e}");
                 }
             }
-            finish(svc, id).await;
         }
-        Ending::Canceled => {
-            svc.metrics.job_canceled();
-            finish(svc, id).await;
-        }
-        Ending::Requeue => {
-            tracing::info!(job = %id, "shutdown: job requeued");
-            if let Err(e) = svc.store.requeue(id).await {
-                tracing::warn!(job = %id, "requeue failed: {e}");
+    }
+
+    /// Claims and runs one delivered job; true when the delivery is done
+    /// with (acknowledge it), false to leave it to redelivery.
+    async fn deliver(
+        &self,
+        d: &Delivery,
+        cancel: CancellationToken,
+        hard_stop: &CancellationToken,
+    ) -> bool {
+        let (svc, id) = (&self.svc, d.job.id);
+        let max = svc.config.max_attempts;
+        let claimed = retry_store(hard_stop, || {
+            svc.store.claim(id, d.redelivered, max, Utc::now())
+        });
+        match claimed.await {
+            Ok(Claimed::Run(job)) => self.process(job, cancel, hard_stop).await,
+            Ok(Claimed::Exhausted(job)) => {
+                tracing::warn!(job = %id, attempts = job.attempts, "out of attempts");
+                svc.metrics
+                    .job_finished("internal_error", &Timings::default());
+                service::finish(svc, id).await;
+                true
             }
-        }
-    }
-}
-
-/// Publishes the final event and sends the webhook, from the stored job.
-pub async fn finish(svc: &Services, id: crate::job::JobId) {
-    let Ok(Some(job)) = svc.store.get_any(id).await else {
-        return;
-    };
-    let view = crate::api::view::job_json(&job);
-    svc.hub.finish(id, JobEvent::Result { job: view.clone() });
-    if let Some(url) = &job.webhook_url {
-        if let Ok(body) = serde_json::to_vec(&view) {
-            svc.webhooks.deliver(url.clone(), body);
-        }
-    }
-}
-
-async fn attempt_all(svc: &Arc<Services>, job: &Job) -> Ending {
-    let started = Instant::now();
-    let queue_ms = (Utc::now() - job.created_at).num_milliseconds().max(0) as u64;
-    let mut last_error = String::new();
-    for attempt in 1..=svc.config.max_attempts.max(1) {
-        let t0 = Instant::now();
-        let mut lease = match svc.pools.acquire(&job.language).await {
-            Ok(l) => l,
-            Err(crate::pool::AcquireError::ShuttingDown) => return Ending::Requeue,
+            // Ended (canceled, finished) or a duplicate: nothing to do.
+            Ok(Claimed::Skipped(_)) | Err(StoreError::NotFound(_)) => true,
             Err(e) => {
-                last_error = e.to_string();
-                tracing::warn!(job = %job.id, attempt, "no VM: {e}");
-                continue;
+                tracing::error!(job = %id, "store: {e}");
+                false
             }
+        }
+    }
+
+    async fn process(
+        &self,
+        job: Job,
+        cancel: CancellationToken,
+        hard_stop: &CancellationToken,
+    ) -> bool {
+        let (svc, id, attempt) = (&self.svc, job.id, job.attempts);
+        let running = JobEvent::Status {
+            status: JobStatus::Running,
         };
-        let acquire_ms = t0.elapsed().as_millis() as u64;
-        let Some(mut vm) = lease.take() else { continue };
-        let info = vm.info().clone();
-        let t1 = Instant::now();
-        let mut streamed = false;
-        let mut chunkers = [Utf8Chunker::default(), Utf8Chunker::default()];
-        let result = vm
-            .run(
-                job.request.clone(),
-                host_deadline(&job.request, &info),
-                |ev| match ev {
-                    RunEvent::Phase(Phase::Compiling | Phase::Running) => {}
-                    RunEvent::Output(stream, data) => {
-                        streamed = true;
-                        let data = chunkers[stream as usize].push(&data);
-                        svc.hub.publish(job.id, JobEvent::Output { stream, data });
+        svc.bus.publish(id, running);
+        let ending = tokio::select! {
+            e = self.attempt_all(&job) => e,
+            () = cancel.cancelled() => Ending::Canceled,
+            () = hard_stop.cancelled() => Ending::Requeue,
+        };
+        // The cancel handle stays registered until `work` removes it after
+        // this returns, so a cancel arriving now still leaves the ending to us.
+        match ending {
+            Ending::Done(report, timings) => {
+                let report = *report;
+                let stored = retry_store(hard_stop, || {
+                    svc.store
+                        .complete(id, attempt, &report, timings, Utc::now())
+                });
+                match stored.await {
+                    Ok(()) => svc.metrics.job_finished(report.status.as_str(), &timings),
+                    // Another attempt runs it now: leave the delivery to it.
+                    Err(e @ StoreError::Stale { .. }) => {
+                        tracing::info!(job = %id, "result not stored: {e}");
+                        return false;
                     }
-                },
-            )
-            .await;
-        let run_ms = t1.elapsed().as_millis() as u64;
-        let log = vm.destroy().await;
-        drop(lease);
-        let timings = |run_ms| Timings {
+                    // Canceled at the last moment: the cancel stands.
+                    Err(e @ StoreError::NotAllowed { .. }) => {
+                        tracing::info!(job = %id, "result not stored: {e}");
+                        svc.metrics.job_canceled();
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %id, "result not stored, left to redelivery: {e}");
+                        return false;
+                    }
+                }
+                service::finish(svc, id).await;
+            }
+            Ending::Canceled => {
+                svc.metrics.job_canceled();
+                service::finish(svc, id).await;
+            }
+            Ending::Requeue => {
+                tracing::info!(job = %id, "shutdown: job requeued");
+                if let Err(e) = svc.store.requeue(id).await {
+                    tracing::warn!(job = %id, "requeue failed: {e}");
+                }
+                // Not acknowledged: a distributed queue delivers it again
+                // to another worker; in one process, recovery queues it.
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn attempt_all(&self, job: &Job) -> Ending {
+        let svc = &self.svc;
+        let started = Instant::now();
+        let queue_ms = (Utc::now() - job.created_at).num_milliseconds().max(0) as u64;
+        let mut last_error = String::new();
+        for attempt in 1..=svc.config.max_attempts.max(1) {
+            let t0 = Instant::now();
+            let mut lease = match self.pools.acquire(&job.language).await {
+                Ok(l) => l,
+                Err(crate::pool::AcquireError::ShuttingDown) => return Ending::Requeue,
+                Err(e) => {
+                    last_error = e.to_string();
+                    tracing::warn!(job = %job.id, attempt, "no VM: {e}");
+                    continue;
+                }
+            };
+            let acquire_ms = t0.elapsed().as_millis() as u64;
+            let Some(mut vm) = lease.take() else { continue };
+            let info = vm.info().clone();
+            let t1 = Instant::now();
+            let mut streamed = false;
+            let mut chunkers = [Utf8Chunker::default(), Utf8Chunker::default()];
+            let result = vm
+                .run(
+                    job.request.clone(),
+                    host_deadline(&job.request, &info),
+                    |ev| match ev {
+                        RunEvent::Phase(Phase::Compiling | Phase::Running) => {}
+                        RunEvent::Output(stream, data) => {
+                            streamed = true;
+                            let data = chunkers[stream as usize].push(&data);
+                            svc.bus.publish(job.id, JobEvent::Output { stream, data });
+                        }
+                    },
+                )
+                .await;
+            let run_ms = t1.elapsed().as_millis() as u64;
+            let log = vm.destroy().await;
+            drop(lease);
+            let timings = |run_ms| Timings {
+                queue_ms,
+                acquire_ms,
+                run_ms,
+                total_ms: queue_ms + started.elapsed().as_millis() as u64,
+            };
+            match result {
+                Ok(exec) => {
+                    return Ending::Done(
+                        Box::new(RunReport::from_execution(exec, &info)),
+                        timings(run_ms),
+                    )
+                }
+                Err(e) => {
+                    svc.metrics.vm_failure(&job.language, "run");
+                    let where_log = log
+                        .map(|p| format!(" (console log in {})", p.display()))
+                        .unwrap_or_default();
+                    last_error = format!("{e}{where_log}");
+                    tracing::warn!(job = %job.id, attempt, "VM failed during the run: {last_error}");
+                    if streamed {
+                        return Ending::Done(
+                            Box::new(RunReport::internal_error(last_error, Some(&info))),
+                            timings(run_ms),
+                        );
+                    }
+                }
+            }
+        }
+        let timings = Timings {
             queue_ms,
-            acquire_ms,
-            run_ms,
+            acquire_ms: 0,
+            run_ms: 0,
             total_ms: queue_ms + started.elapsed().as_millis() as u64,
         };
-        match result {
-            Ok(exec) => {
-                return Ending::Done(
-                    Box::new(RunReport::from_execution(exec, &info)),
-                    timings(run_ms),
-                )
-            }
-            Err(e) => {
-                svc.metrics.vm_failure(&job.language, "run");
-                let where_log = log
-                    .map(|p| format!(" (console log in {})", p.display()))
-                    .unwrap_or_default();
-                last_error = format!("{e}{where_log}");
-                tracing::warn!(job = %job.id, attempt, "VM failed during the run: {last_error}");
-                if streamed {
-                    return Ending::Done(
-                        Box::new(RunReport::internal_error(last_error, Some(&info))),
-                        timings(run_ms),
-                    );
-                }
+        Ending::Done(
+            Box::new(RunReport::internal_error(
+                format!("no VM could run the job: {last_error}"),
+                None,
+            )),
+            timings,
+        )
+    }
+}
+
+/// Tells the queue, at a third of its acknowledgement deadline, that the
+/// job is still being worked on, so a long job is not redelivered.
+fn keep_alive(d: &Delivery, ack_wait: Duration) -> tokio::task::JoinHandle<()> {
+    let handle = d.handle.clone_box();
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = handle.progress().await {
+                tracing::debug!("progress not sent: {e}");
             }
         }
+    })
+}
+
+/// Calls the store until it answers, while its errors are retryable, for
+/// at most [`STORE_RETRY_FOR`] or until a hard stop.
+async fn retry_store<T, F, Fut>(hard_stop: &CancellationToken, mut call: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + STORE_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!("store unavailable, retrying: {e}");
+                tokio::select! {
+                    () = hard_stop.cancelled() => return Err(e),
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
     }
-    let timings = Timings {
-        queue_ms,
-        acquire_ms: 0,
-        run_ms: 0,
-        total_ms: queue_ms + started.elapsed().as_millis() as u64,
-    };
-    Ending::Done(
-        Box::new(RunReport::internal_error(
-            format!("no VM could run the job: {last_error}"),
-            None,
-        )),
-        timings,
-    )
 }
 
 #[cfg(test)]
 #[path = "worker_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "worker_delivery_tests.rs"]
+mod delivery_tests;

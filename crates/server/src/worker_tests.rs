@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use ignis_protocol::{File, Limits, RunRequest, Stream, Verdict};
 use ignis_vmm::driver::fake::{Behaviour, Call, FakeDriver};
 use tempfile::TempDir;
-use tokio::sync::broadcast;
 
 use super::*;
 use crate::config::{PoolConfig, ServerConfig};
@@ -27,6 +27,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 struct Harness {
     _dir: TempDir,
     svc: Arc<Services>,
+    pools: Pools,
     driver: FakeDriver,
     stop: CancellationToken,
     workers: tokio::task::JoinHandle<()>,
@@ -35,7 +36,7 @@ struct Harness {
 /// A submitted job and its event stream (subscribed before it was queued).
 struct Submitted {
     id: JobId,
-    events: broadcast::Receiver<JobEvent>,
+    events: crate::events::EventStream,
 }
 
 async fn harness(max_attempts: u32) -> Harness {
@@ -58,10 +59,18 @@ async fn harness(max_attempts: u32) -> Harness {
         .expect("the fake snapshot");
     let svc = crate::embedded::assemble(cfg, launcher, Arc::new(store), b"secret".to_vec());
     let stop = CancellationToken::new();
-    let workers = tokio::spawn(run(svc.clone(), 1, stop.clone(), CancellationToken::new()));
+    let pools = svc.pools.clone().expect("the embedded services have pools");
+    let workers = tokio::spawn(run(
+        svc.clone(),
+        pools.clone(),
+        1,
+        stop.clone(),
+        CancellationToken::new(),
+    ));
     Harness {
         _dir: dir,
         svc,
+        pools,
         driver,
         stop,
         workers,
@@ -87,8 +96,13 @@ impl Harness {
         let svc = &self.svc;
         let job = Job::new(OWNER.into(), "python".into(), program(stdout), None);
         svc.store.insert(&job).await.expect("insert");
-        svc.hub.open(job.id);
-        let (_, events) = svc.hub.subscribe(job.id).expect("an event channel");
+        let queued = JobEvent::Status {
+            status: JobStatus::Queued,
+        };
+        svc.bus.publish(job.id, queued.clone());
+        let subscribed = svc.bus.subscribe(job.id).await.expect("the local bus");
+        let mut events = subscribed.expect("an event channel");
+        assert_eq!(next_event(&mut events).await, queued);
         svc.queue
             .push(QueuedJob {
                 id: job.id,
@@ -139,13 +153,13 @@ impl Harness {
         self.stop.cancel();
         self.svc.queue.close();
         self.workers.await.expect("workers");
-        self.svc.pools.shutdown().await;
+        self.pools.shutdown().await;
         assert_eq!(self.driver.live(), 0);
     }
 }
 
-async fn next_event(events: &mut broadcast::Receiver<JobEvent>) -> JobEvent {
-    tokio::time::timeout(PATIENCE, events.recv())
+async fn next_event(events: &mut crate::events::EventStream) -> JobEvent {
+    tokio::time::timeout(PATIENCE, events.next())
         .await
         .expect("timed out waiting for a job event")
         .expect("the event channel stays open until the result")
@@ -324,13 +338,13 @@ async fn a_job_cancelled_while_running_ends_canceled_and_its_vm_is_gone() {
     // What `DELETE /v1/jobs/{id}` does with a running job.
     let was = h.svc.store.cancel(OWNER, job.id, chrono::Utc::now()).await;
     assert_eq!(was.expect("cancel"), JobStatus::Running);
-    assert!(h.svc.stop_running(job.id));
+    assert!(h.svc.running.stop(job.id));
     let (stored, _) = h.outcome(&mut job).await;
 
     assert_eq!(stored.status, JobStatus::Canceled);
     assert_eq!(stored.result, None);
     assert_eq!(h.driver.live(), 0, "the job's VM is gone");
-    assert_eq!(h.svc.pools.sizes("python"), (0, 0));
+    assert_eq!(h.pools.sizes("python"), (0, 0));
     assert!(h.metric("ignis_jobs_total{verdict=\"canceled\"} 1"));
 
     // The worker goes on with the next job.

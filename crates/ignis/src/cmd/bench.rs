@@ -14,7 +14,8 @@
 //!   restored alone, and restored beside others that share its pages;
 //! - the native run on the host and a cold `runsc do` of the same command.
 //!
-//! `--api` measures the service instead (see `bench_api`).
+//! `--api` measures the service instead (see `bench_api`), `--distributed`
+//! the multi-process set-up beside `ignis serve` (see `bench_dist`).
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -44,7 +45,12 @@ pub struct Args {
     /// the warm pool full, and with no pool restoring or booting every VM.
     #[arg(long)]
     pub api: bool,
-    /// Concurrent clients (with --api).
+    /// Measure the distributed mode instead: a throw-away nats-server and
+    /// PostgreSQL, `ignis api` and `ignis worker` processes, beside
+    /// `ignis serve` (see `bench_dist`).
+    #[arg(long)]
+    pub distributed: bool,
+    /// Concurrent clients (with --api or --distributed).
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
     /// An image directory of flat images as Ignis built them before (one
@@ -52,7 +58,7 @@ pub struct Args {
     /// images, alternating, and show both.
     #[arg(long)]
     pub baseline: Option<std::path::PathBuf>,
-    /// Jobs submitted in all, per scenario (with --api).
+    /// Jobs submitted in all, per scenario (with --api or --distributed).
     #[arg(long, default_value_t = 40)]
     pub jobs: usize,
 }
@@ -128,6 +134,10 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
         bail!("--runs must be at least 1");
     }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if a.distributed {
+        super::bench_dist::main(&rt, &a)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let launcher = rt.block_on(Launcher::new(Paths::from_env()))?;
     let hellos = chosen(&a, &launcher)?;
     let work = WorkDir::create()?;

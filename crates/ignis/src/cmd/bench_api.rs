@@ -195,7 +195,11 @@ fn phase(mut v: Vec<f64>) -> Phase {
 /// Waits until the pool holds `warm` ready VMs of `language`.
 async fn pool_full(svc: &Services, language: &str, warm: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while svc.pools.sizes(language).0 < warm {
+    let pools = svc
+        .pools
+        .as_ref()
+        .context("the embedded service has pools")?;
+    while pools.sizes(language).0 < warm {
         if Instant::now() > deadline {
             bail!("the {language} pool did not fill in 120 s");
         }
@@ -224,6 +228,8 @@ async fn service(
     let svc = ignis_server::embedded::services(cfg, Paths::from_env()).await?;
     if s.snapshots {
         svc.pools
+            .as_ref()
+            .context("the embedded service has pools")?
             .launcher()
             .snapshot(language)
             .await
@@ -256,7 +262,11 @@ async fn scenario(
     ));
     // Measure with every pool full, as a steady service has them: a pool
     // still filling (of any language) would take CPU from the jobs.
-    for l in svc.pools.launcher().catalog.languages.keys() {
+    let pools = svc
+        .pools
+        .as_ref()
+        .context("the embedded service has pools")?;
+    for l in pools.launcher().catalog.languages.keys() {
         pool_full(&svc, l, s.warm).await?;
     }
     let started = Instant::now();

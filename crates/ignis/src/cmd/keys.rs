@@ -1,10 +1,14 @@
-//! `ignis keys create`: prints a new API key, alone on stdout, once.
+//! `ignis keys create`: prints a new API key, alone on stdout, once. In the
+//! SQLite database of `ignis serve`, or with `--database` (or
+//! `IGNIS_DATABASE_URL`) in the PostgreSQL of the distributed mode.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ignis_server::store::postgres::PostgresStore;
 use ignis_server::store::sqlite::SqliteStore;
+use ignis_server::store::JobStore;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -14,6 +18,10 @@ pub enum Command {
         name: String,
         #[arg(long, env = "IGNIS_DATA_DIR", default_value = "/var/lib/ignis/data")]
         data_dir: PathBuf,
+        /// Create it in this PostgreSQL (the distributed mode's store)
+        /// instead of the SQLite database in --data-dir.
+        #[arg(long, env = "IGNIS_DATABASE_URL")]
+        database: Option<String>,
         /// Requests per second allowed (429 beyond).
         #[arg(long)]
         rate_limit: Option<u32>,
@@ -27,16 +35,27 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
     let Command::Create {
         name,
         data_dir,
+        database,
         rate_limit,
         max_queued,
     } = cmd;
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let store =
-        SqliteStore::open(&data_dir.join("ignis.db")).context("opening the job database")?;
     let rt = tokio::runtime::Runtime::new()?;
+    let store: Box<dyn JobStore> = match database {
+        Some(url) => Box::new(
+            rt.block_on(PostgresStore::connect(&url))
+                .context("opening the PostgreSQL job database")?,
+        ),
+        None => {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            Box::new(
+                SqliteStore::open(&data_dir.join("ignis.db"))
+                    .context("opening the job database")?,
+            )
+        }
+    };
     let (key, secret) = rt.block_on(ignis_server::keys::create(
-        &store, &name, rate_limit, max_queued,
+        &*store, &name, rate_limit, max_queued,
     ))?;
     eprintln!("ignis: created key {:?} (id {})", key.name, key.id);
     println!("{secret}");

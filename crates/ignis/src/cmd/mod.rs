@@ -1,5 +1,7 @@
+pub mod api;
 pub mod bench;
 pub mod bench_api;
+pub mod bench_dist;
 pub mod bench_native;
 pub mod bench_table;
 pub mod bench_util;
@@ -10,6 +12,7 @@ pub mod keys;
 pub mod remote;
 pub mod run;
 pub mod serve;
+pub mod worker;
 
 /// Exit code when Ignis itself failed (BSD's EX_SOFTWARE).
 pub const EXIT_INTERNAL: u8 = 70;

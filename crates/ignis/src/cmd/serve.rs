@@ -75,7 +75,11 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     if a.dev {
         eprintln!("ignis: *** DEV MODE: NO AUTHENTICATION; anyone on this host can run code ***");
     }
-    let l = svc.pools.launcher();
+    let pools = svc
+        .pools
+        .as_ref()
+        .context("the embedded service has pools")?;
+    let l = pools.launcher();
     let jail = match l.containment {
         ignis_vmm::jail::Containment::Jailed(_) => "jailed",
         ignis_vmm::jail::Containment::Insecure => "NOT jailed",
@@ -93,7 +97,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     ignis_server::server::run(listener, shutdown_signal(), svc).await
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

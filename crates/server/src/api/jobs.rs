@@ -1,5 +1,5 @@
-//! `/v1/jobs` handlers. Each parses, checks the caller, and calls into the
-//! store, queue or hub; none of them touches a VM.
+//! `/v1/jobs` handlers. Each parses, checks the caller, and calls the
+//! service (`crate::service`); none of them decides more than HTTP.
 
 use std::sync::atomic::Ordering;
 
@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
 use serde::Deserialize;
 
 use super::auth::Caller;
@@ -16,11 +15,10 @@ use super::parsed::CreateJob;
 use super::problem::Problem;
 use super::view::{JobList, JobView};
 use super::AppState;
-use crate::events::JobEvent;
 use crate::job::{Job, JobId, JobStatus};
-use crate::queue::QueuedJob;
+use crate::service::{self, ServiceError};
 use crate::state::Services;
-use crate::store::{ListQuery, StoreError};
+use crate::store::ListQuery;
 
 /// The caller's job `id`; another caller's job is as absent as a missing one.
 pub async fn owned(svc: &Services, caller: &Caller, id: JobId) -> Result<Job, Problem> {
@@ -79,99 +77,21 @@ pub async fn create(
     let Query(params) = params.map_err(|e| Problem::bad_request("invalid-query", e.body_text()))?;
     let Json(body) = body.map_err(json_problem)?;
     if svc.draining.load(Ordering::SeqCst) {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting-down",
-            "Shutting down",
-            "the server is shutting down and takes no new jobs",
-        ));
+        return Err(ServiceError::Draining.into());
     }
-    let image = svc
-        .pools
-        .launcher()
-        .catalog
-        .language(&body.language)
-        .map_err(|e| Problem::unprocessable("unknown-language", e.to_string()))?;
-    let (source_file, vm_mib) = (
-        image.manifest.source_file.clone(),
-        image.manifest.vm_memory_mib,
-    );
-    let new = body.validate(&svc.config, &source_file, vm_mib)?;
-    if let Some(max) = caller.key.as_ref().and_then(|k| k.max_queued) {
-        let queued = svc.store.count_queued(&caller.owner).await?;
-        if queued >= u64::from(max) {
-            return Err(Problem::too_many(
-                format!("this key may have {max} queued jobs at once; {queued} are waiting"),
-                1,
-            ));
-        }
+    let lang = service::language(svc, &body.language)?;
+    let new = body.validate(&svc.config, &lang.source_file, lang.vm_memory_mib)?;
+    let max_queued = caller.key.as_ref().and_then(|k| k.max_queued);
+    let submitted = service::submit(svc, caller.owner, max_queued, new, params.wait).await?;
+    let (id, owner) = (submitted.job.id, submitted.job.owner.clone());
+    let first = submitted.job.clone();
+    if let Some(done) = service::wait(svc, submitted).await? {
+        return Ok((StatusCode::OK, Json(JobView::from(&done))).into_response());
     }
-    let job = Job::new(caller.owner, new.language, new.request, new.webhook_url);
-    svc.store.insert(&job).await?;
-    svc.hub.open(job.id);
-    svc.hub.publish(
-        job.id,
-        JobEvent::Status {
-            status: JobStatus::Queued,
-        },
-    );
-    // Subscribe before queueing, so a fast job cannot finish unseen.
-    let sub = params.wait.then(|| svc.hub.subscribe(job.id)).flatten();
-    if let Err(e) = svc
-        .queue
-        .push(QueuedJob {
-            id: job.id,
-            language: job.language.clone(),
-        })
-        .await
-    {
-        tracing::error!(job = %job.id, "queue: {e}");
-        let _ = svc.store.cancel(&job.owner, job.id, Utc::now()).await;
-        // Not accepted: close its event channel, but send no webhook.
-        svc.hub.finish(
-            job.id,
-            JobEvent::Status {
-                status: JobStatus::Canceled,
-            },
-        );
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue-unavailable",
-            "Queue unavailable",
-            "the job could not be queued; it was not accepted",
-        ));
-    }
-    svc.metrics.job_submitted();
-    svc.metrics.set_queue_depth(svc.queue.depth());
-    let location = format!("/v1/jobs/{}", job.id);
-    if let Some((_, mut rx)) = sub {
-        // A stopping server answers at once (202) rather than holding its
-        // own shutdown up for the whole wait.
-        let shutdown = svc.shutdown.clone();
-        let waited = tokio::time::timeout(svc.config.wait_max, async {
-            loop {
-                tokio::select! {
-                    ev = rx.recv() => match ev {
-                        Ok(JobEvent::Result { .. }) | Err(_) => return,
-                        Ok(_) => {}
-                    },
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        })
-        .await;
-        if waited.is_ok() {
-            if let Some(done) = svc.store.get(&job.owner, job.id).await? {
-                if done.status.is_final() {
-                    return Ok((StatusCode::OK, Json(JobView::from(&done))).into_response());
-                }
-            }
-        }
-    }
-    let current = svc.store.get(&job.owner, job.id).await?.unwrap_or(job);
+    let current = svc.store.get(&owner, id).await?.unwrap_or(first);
     Ok((
         StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
+        [(header::LOCATION, format!("/v1/jobs/{id}"))],
         Json(JobView::from(&current)),
     )
         .into_response())
@@ -266,29 +186,6 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, Problem> {
     let id = parse_id(&id)?;
-    let svc = &state.svc;
-    match svc.store.cancel(&caller.owner, id, Utc::now()).await {
-        Ok(JobStatus::Running) => {
-            // The worker running it kills its VM and publishes the end.
-            if !svc.stop_running(id) {
-                crate::worker::finish(svc, id).await;
-            }
-        }
-        Ok(_) => {
-            svc.metrics.job_canceled();
-            crate::worker::finish(svc, id).await;
-        }
-        Err(StoreError::NotFound(_)) => return Err(Problem::not_found(format!("no job {id}"))),
-        Err(StoreError::NotAllowed { current, .. }) => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "job-finished",
-                "Job already finished",
-                format!("job {id} is {}; it was left as it is", current.as_str()),
-            ))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let job = owned(svc, &caller, id).await?;
+    let job = service::cancel(&state.svc, &caller.owner, id).await?;
     Ok(Json(JobView::from(&job)))
 }

@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         super::view::LanguageView,
         super::view::PoolView,
         super::view::Health,
+        super::view::WorkerHealth,
         super::parsed::CreateJob,
         super::parsed::FileBody,
         super::parsed::LimitsBody,

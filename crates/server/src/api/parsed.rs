@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::problem::Problem;
 use crate::config::ServerConfig;
+pub use crate::job::NewJob;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -57,14 +58,6 @@ pub struct LimitsBody {
     pub memory_mib: Option<u64>,
     pub max_output_kib: Option<u64>,
     pub max_processes: Option<u32>,
-}
-
-/// A submission that passed every check.
-#[derive(Debug)]
-pub struct NewJob {
-    pub language: String,
-    pub request: RunRequest,
-    pub webhook_url: Option<String>,
 }
 
 fn decode(what: &str, s: String, enc: Encoding) -> Result<Vec<u8>, Problem> {

@@ -84,9 +84,59 @@ impl IntoResponse for Problem {
     }
 }
 
+impl Problem {
+    /// 503: nothing was done; the same request may succeed later.
+    pub fn unavailable(slug: &str, title: &str, detail: impl Into<String>) -> Problem {
+        Problem {
+            retry_after: Some(1),
+            ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, slug, title, detail)
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Problem {
-        tracing::error!("store: {e}");
-        Problem::internal("the job store failed; try again")
+        Problem::from(crate::service::ServiceError::from(e))
+    }
+}
+
+/// The one translation of the service's answers into HTTP.
+impl From<crate::service::ServiceError> for Problem {
+    fn from(e: crate::service::ServiceError) -> Problem {
+        use crate::service::ServiceError as E;
+        let detail = e.to_string();
+        match e {
+            E::Draining => Problem::unavailable(
+                "shutting-down",
+                "Shutting down",
+                "the server is shutting down and takes no new jobs",
+            ),
+            E::UnknownLanguage { .. } => Problem::unprocessable("unknown-language", detail),
+            E::TooManyQueued { .. } => Problem::too_many(detail, 1),
+            E::NotFound(_) => Problem::not_found(detail),
+            E::Finished { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "job-finished",
+                "Job already finished",
+                detail,
+            ),
+            E::QueueFull(_) => Problem::unavailable(
+                "queue-full",
+                "Queue full",
+                "the job queue is at its limit; the job was not accepted, try again later",
+            ),
+            E::Unavailable(m) => {
+                tracing::warn!("unavailable: {m}");
+                Problem::unavailable(
+                    "unavailable",
+                    "Service unavailable",
+                    format!("{m}; nothing was changed, try again later"),
+                )
+            }
+            E::Internal(m) => {
+                tracing::error!("{m}");
+                Problem::internal("the server failed; try again")
+            }
+        }
     }
 }

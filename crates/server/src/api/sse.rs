@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, BoxStream, StreamExt};
-use tokio_stream::wrappers::BroadcastStream;
 
 use super::auth::Caller;
 use super::jobs::{owned, parse_id};
@@ -48,21 +47,18 @@ pub async fn events(
     let id = parse_id(&id)?;
     let svc = &state.svc;
     let job = owned(svc, &caller, id).await?;
-    let events: BoxStream<'static, JobEvent> = match svc.hub.subscribe(id) {
-        Some((history, rx)) => {
-            // A client too slow to keep up is cut off rather than shown a
-            // gap; reconnecting replays the whole history.
-            let live = BroadcastStream::new(rx)
-                .take_while(|r| futures::future::ready(r.is_ok()))
-                .filter_map(|r| futures::future::ready(r.ok()));
-            stream::iter(history).chain(live).boxed()
-        }
-        None => {
-            // Not live here: it finished (perhaps a moment ago), so the store
-            // has the final word.
-            let job = svc.store.get(&caller.owner, id).await?.unwrap_or(job);
-            stream::iter(finished(&job)).boxed()
-        }
+    // Subscribed before the store is read again, so an end between the
+    // two is seen one way or the other.
+    let live =
+        svc.bus.subscribe(id).await.map_err(|e| {
+            Problem::unavailable("unavailable", "Service unavailable", e.to_string())
+        })?;
+    let now = svc.store.get(&caller.owner, id).await?.unwrap_or(job);
+    let events: BoxStream<'static, JobEvent> = match live {
+        Some(live) if !now.status.is_final() => live,
+        // Ended (perhaps a moment ago), or not live here: the store has the
+        // final word.
+        _ => stream::iter(finished(&now)).boxed(),
     };
     let shutdown = svc.shutdown.clone();
     let stream = events

@@ -73,13 +73,35 @@ pub struct PoolView {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
+    /// `ok`, `draining`, or `unavailable` (the store or the queue cannot
+    /// be reached, or no worker announces itself; answered with 503).
     pub status: &'static str,
-    /// The VM driver, e.g. `qemu`.
-    pub driver: &'static str,
+    /// Why it is `unavailable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// The VM driver, e.g. `qemu` (of the first worker).
+    pub driver: String,
     /// VMs are restored from per-language snapshots (off: every VM boots).
     pub snapshots: bool,
     pub accel: String,
     pub accel_reason: String,
     pub languages: Vec<String>,
     pub queue_depth: usize,
+    /// Every worker that announced itself lately (this process, under
+    /// `ignis serve`).
+    pub workers: Vec<WorkerHealth>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkerHealth {
+    pub id: String,
+    pub languages: Vec<String>,
+    /// Jobs it runs at once.
+    pub capacity: usize,
+    /// Jobs it runs now.
+    pub running: usize,
+    pub draining: bool,
+    pub accel: String,
+    /// Jobs it ended since it started (any verdict, or canceled).
+    pub jobs: u64,
 }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{JobQueue, QueueError, QueuedJob};
+use super::{Delivery, JobQueue, NoAck, QueueError, QueuedJob};
 
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
@@ -44,7 +44,7 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn pop(&self) -> Result<QueuedJob, QueueError> {
+    async fn pop(&self) -> Result<Delivery, QueueError> {
         loop {
             let notified = self.notify.notified();
             {
@@ -57,7 +57,11 @@ impl JobQueue for MemoryQueue {
                     if !g.jobs.is_empty() {
                         self.notify.notify_one();
                     }
-                    return Ok(j);
+                    return Ok(Delivery {
+                        job: j,
+                        redelivered: false,
+                        handle: Box::new(NoAck),
+                    });
                 }
             }
             notified.await;
@@ -91,8 +95,8 @@ mod tests {
         q.push(job(1)).await.expect("push");
         q.push(job(2)).await.expect("push");
         assert_eq!(q.depth(), 2);
-        assert_eq!(q.pop().await.expect("pop").id, job(1).id);
-        assert_eq!(q.pop().await.expect("pop").id, job(2).id);
+        assert_eq!(q.pop().await.expect("pop").job.id, job(1).id);
+        assert_eq!(q.pop().await.expect("pop").job.id, job(2).id);
         q.close();
         assert!(matches!(q.pop().await, Err(QueueError::Closed)));
         assert!(matches!(q.push(job(3)).await, Err(QueueError::Closed)));
@@ -105,6 +109,6 @@ mod tests {
         let waiter = tokio::spawn(async move { q2.pop().await });
         tokio::task::yield_now().await;
         q.push(job(7)).await.expect("push");
-        assert_eq!(waiter.await.expect("join").expect("pop").id, job(7).id);
+        assert_eq!(waiter.await.expect("join").expect("pop").job.id, job(7).id);
     }
 }

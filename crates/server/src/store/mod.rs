@@ -1,16 +1,20 @@
 //! The job store: where jobs and API keys live. SQLite in the embedded
-//! default; the trait is the seam a PostgreSQL store plugs into.
+//! default, PostgreSQL in the distributed mode; one conformance suite
+//! (`conformance.rs`) runs against both.
 //!
 //! Every state change is a compare-and-set on the current status, so two
 //! workers (or a worker and a cancel) can never both win.
 
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ignis_vmm::RunReport;
 
-use crate::job::{Job, JobId, JobStatus, Timings};
+use crate::job::{Job, JobId, JobStatus, Timings, Transition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -22,8 +26,30 @@ pub enum StoreError {
         current: JobStatus,
         action: &'static str,
     },
+    /// A result of an attempt that is no longer the job's current one (its
+    /// worker was presumed lost and the job was delivered again).
+    #[error("attempt {attempt} is stale; the job is on attempt {current}")]
+    Stale { attempt: u32, current: u32 },
+    /// The database cannot be reached now; the same call may succeed later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug, a corrupt row, a schema from a newer build.
     #[error("store backend: {0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// Worth trying again later (the API answers 503, a worker retries).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    pub(crate) fn not_allowed(current: JobStatus, t: Transition) -> StoreError {
+        StoreError::NotAllowed {
+            current,
+            action: t.name(),
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -49,13 +75,15 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
 }
 
-/// What happened to a job at start-up recovery.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Jobs to put back on the queue, oldest first.
-    pub requeued: Vec<(JobId, String)>,
-    /// Jobs that were running too often already and were failed honestly.
-    pub failed: Vec<JobId>,
+/// What claiming a delivered job did (see [`crate::job::ClaimDecision`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claimed {
+    /// Now `running` on a new attempt (`job.attempts`): run it.
+    Run(Job),
+    /// Out of attempts: now `completed` as `internal_error`; publish its end.
+    Exhausted(Job),
+    /// Nothing to do; the job is in this status.
+    Skipped(JobStatus),
 }
 
 #[async_trait]
@@ -68,24 +96,42 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn list(&self, owner: &str, q: &ListQuery) -> StoreResult<Vec<Job>>;
     async fn count_queued(&self, owner: &str) -> StoreResult<u64>;
 
-    /// `queued → running`, counting an attempt.
-    async fn start(&self, id: JobId, at: DateTime<Utc>) -> StoreResult<Job>;
-    /// `running → completed` with the result.
+    /// Takes a job the queue delivered: starts it (or, when `redelivered`
+    /// and its worker was lost, retakes it) on a new attempt, fails it when
+    /// it is out of attempts, or skips it. Decided by
+    /// [`crate::job::ClaimDecision::decide`] under the row's lock.
+    async fn claim(
+        &self,
+        id: JobId,
+        redelivered: bool,
+        max_attempts: u32,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Claimed>;
+    /// `running → completed` with the result of `attempt`. A result for any
+    /// other attempt is [`StoreError::Stale`]; one for a job that already
+    /// ended is `NotAllowed` (a duplicate, or a cancel that stands).
     async fn complete(
         &self,
         id: JobId,
+        attempt: u32,
         result: &RunReport,
         timings: Timings,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
-    /// `running → queued`: the attempt was lost (dead VM, shutdown).
+    /// `running → queued`: the attempt was given back (shutdown, restart).
     async fn requeue(&self, id: JobId) -> StoreResult<()>;
     /// `queued|running → canceled`. Returns the status it had.
     async fn cancel(&self, owner: &str, id: JobId, at: DateTime<Utc>) -> StoreResult<JobStatus>;
-    /// After a crash: `running` jobs go back to the queue while they have
-    /// attempts left, else complete as `internal_error`; all queued jobs are
-    /// returned for re-enqueueing.
-    async fn recover(&self, max_attempts: u32, at: DateTime<Utc>) -> StoreResult<Recovered>;
+    /// Deletes a job that no worker ever saw (`queued`, no attempt): a
+    /// submission the queue refused, so that it was never half-created.
+    async fn discard(&self, id: JobId) -> StoreResult<()>;
+    /// Jobs in `status`, oldest first, with their attempts and language.
+    async fn in_status(&self, status: JobStatus) -> StoreResult<Vec<(JobId, String, u32)>>;
+
+    /// Whether the store answers now (for `/healthz`).
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
 
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;

@@ -22,9 +22,8 @@ use rusqlite::{
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::{ApiKey, JobStore, ListQuery, Recovered, StoreError, StoreResult};
-use crate::job::JobStatus::{Canceled, Completed, Queued, Running};
-use crate::job::{Job, JobId, JobStatus, Timings};
+use super::{ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult};
+use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
 /// A later migration is appended here, never edited in place.
@@ -57,11 +56,6 @@ const MIGRATIONS: &[&str] = &["
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The message of a job that kept dying with the server; `recover` fails it
-/// rather than retrying it forever.
-const RECOVER_FAILED_MESSAGE: &str =
-    "the server stopped while this job was running; it was not retried again";
 
 const JOB_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, timings, \
                            created_at, started_at, finished_at, attempts";
@@ -298,37 +292,36 @@ fn rows<T>(
     conn.prepare(sql)?.query_map(args, f)?.collect()
 }
 
-/// The lifecycle in one place: the statuses a job may move to `to` from, and
-/// the name of that move (for `NotAllowed`).
-fn allowed_from(to: JobStatus) -> (&'static [JobStatus], &'static str) {
-    match to {
-        Running => (&[Queued], "start"),
-        Completed => (&[Running], "complete"),
-        Queued => (&[Running], "requeue"),
-        Canceled => (&[Queued, Running], "cancel"),
-    }
+/// The status and attempts of job `id` (of `owner`, if given; another
+/// owner's job is `NotFound`), read under the transaction's write lock.
+fn current(tx: &Transaction<'_>, id: JobId, owner: Option<&str>) -> StoreResult<(JobStatus, u32)> {
+    let sql = "SELECT status, attempts FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)";
+    let row = tx.query_row(sql, params![id.to_string(), owner], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    });
+    let (status, attempts) = row
+        .optional()
+        .ctx(format_args!("reading job {id}"))?
+        .ok_or(StoreError::NotFound(id))?;
+    let attempts = u32::try_from(attempts).ctx("attempts")?;
+    Ok((parse_status(&status)?, attempts))
 }
 
-/// The compare-and-set behind every transition: moves job `id` (of `owner`,
-/// if given; another owner's job is `NotFound`) to `to`, applying the extra
+/// The compare-and-set behind every transition: applies `t` to job `id`
+/// (of `owner`, if given; another owner's job is `NotFound`) with the extra
 /// `set` clauses whose parameters start at `?3`. Returns the status it had.
 fn cas(
     tx: &Transaction<'_>,
     id: JobId,
     owner: Option<&str>,
-    to: JobStatus,
+    t: Transition,
     set: &str,
     extra: &[&dyn ToSql],
 ) -> StoreResult<JobStatus> {
-    let (from, action) = allowed_from(to);
-    let sql = "SELECT status FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)";
-    let current = tx.query_row(sql, params![id.to_string(), owner], |r| {
-        r.get::<_, String>(0)
-    });
-    let current = current.optional().ctx(format_args!("{action} job {id}"))?;
-    let current = parse_status(&current.ok_or(StoreError::NotFound(id))?)?;
-    if !from.contains(&current) {
-        return Err(StoreError::NotAllowed { current, action });
+    let (action, to) = (t.name(), t.to());
+    let (current, _) = current(tx, id, owner)?;
+    if !t.allowed(current) {
+        return Err(StoreError::not_allowed(current, t));
     }
     // The status in the WHERE clause is the compare-and-set proper; under
     // the transaction's write lock it cannot miss, so a miss is a bug.
@@ -438,11 +431,33 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn start(&self, id: JobId, at: DateTime<Utc>) -> StoreResult<Job> {
-        self.write("start", move |tx| {
-            let set = ", started_at = ?3, attempts = attempts + 1";
-            cas(tx, id, None, Running, set, params![to_ms(at)])?;
-            load(tx, id, None)?.ok_or(StoreError::NotFound(id))
+    async fn claim(
+        &self,
+        id: JobId,
+        redelivered: bool,
+        max_attempts: u32,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Claimed> {
+        let failed = RunReport::internal_error(EXHAUSTED_MESSAGE, None);
+        let failed = to_json("result", &failed)?;
+        self.write("claim", move |tx| {
+            let (status, attempts) = current(tx, id, None)?;
+            match ClaimDecision::decide(status, attempts, redelivered, max_attempts) {
+                ClaimDecision::Skip => return Ok(Claimed::Skipped(status)),
+                ClaimDecision::Run(t) => {
+                    let set = ", started_at = ?3, attempts = attempts + 1";
+                    cas(tx, id, None, t, set, params![to_ms(at)])?;
+                }
+                ClaimDecision::Exhaust => {
+                    let set = ", result = ?3, finished_at = ?4";
+                    let t = Transition::Complete;
+                    cas(tx, id, None, t, set, params![failed, to_ms(at)])?;
+                    let job = load(tx, id, None)?.ok_or(StoreError::NotFound(id))?;
+                    return Ok(Claimed::Exhausted(job));
+                }
+            }
+            let job = load(tx, id, None)?.ok_or(StoreError::NotFound(id))?;
+            Ok(Claimed::Run(job))
         })
         .await
     }
@@ -450,6 +465,7 @@ impl JobStore for SqliteStore {
     async fn complete(
         &self,
         id: JobId,
+        attempt: u32,
         result: &RunReport,
         timings: Timings,
         at: DateTime<Utc>,
@@ -457,8 +473,16 @@ impl JobStore for SqliteStore {
         let result = to_json("result", result)?;
         let timings = to_json("timings", &timings)?;
         self.write("complete", move |tx| {
+            let (status, current_attempt) = current(tx, id, None)?;
+            if Transition::Complete.allowed(status) && current_attempt != attempt {
+                return Err(StoreError::Stale {
+                    attempt,
+                    current: current_attempt,
+                });
+            }
             let (set, at) = (", result = ?3, timings = ?4, finished_at = ?5", to_ms(at));
-            cas(tx, id, None, Completed, set, params![result, timings, at])?;
+            let t = Transition::Complete;
+            cas(tx, id, None, t, set, params![result, timings, at])?;
             Ok(())
         })
         .await
@@ -466,7 +490,14 @@ impl JobStore for SqliteStore {
 
     async fn requeue(&self, id: JobId) -> StoreResult<()> {
         self.write("requeue", move |tx| {
-            cas(tx, id, None, Queued, ", started_at = NULL", &[])?;
+            cas(
+                tx,
+                id,
+                None,
+                Transition::Requeue,
+                ", started_at = NULL",
+                &[],
+            )?;
             Ok(())
         })
         .await
@@ -476,39 +507,41 @@ impl JobStore for SqliteStore {
         let owner = owner.to_owned();
         self.write("cancel", move |tx| {
             let (set, at) = (", finished_at = ?3", to_ms(at));
-            cas(tx, id, Some(&owner), Canceled, set, params![at])
+            cas(tx, id, Some(&owner), Transition::Cancel, set, params![at])
         })
         .await
     }
 
-    async fn recover(&self, max_attempts: u32, at: DateTime<Utc>) -> StoreResult<Recovered> {
-        let report = RunReport::internal_error(RECOVER_FAILED_MESSAGE, None);
-        let report = to_json("result", &report)?;
-        self.write("recover", move |tx| {
-            let sql = "UPDATE jobs SET status = 'queued', started_at = NULL \
-                       WHERE status = 'running' AND attempts < ?1";
-            tx.execute(sql, params![max_attempts])
-                .ctx("recover: requeueing")?;
-            // Whatever is still running has used up its attempts.
-            let sql = "SELECT id FROM jobs WHERE status = 'running' ORDER BY id";
-            let failed = rows(tx, sql, [], |r| r.get::<_, String>(0)).ctx("recover: failing")?;
-            let sql = "UPDATE jobs SET status = 'completed', result = ?1, finished_at = ?2 \
-                       WHERE status = 'running'";
-            tx.execute(sql, params![report, to_ms(at)])
-                .ctx("recover: failing")?;
-            let sql = "SELECT id, language FROM jobs WHERE status = 'queued' ORDER BY id";
-            let queued = rows(tx, sql, [], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)));
-            Ok(Recovered {
-                requeued: queued
-                    .ctx("recover: listing queued jobs")?
-                    .into_iter()
-                    .map(|(id, language)| Ok((parse_id(&id)?, language)))
-                    .collect::<StoreResult<_>>()?,
-                failed: failed
-                    .iter()
-                    .map(|id| parse_id(id))
-                    .collect::<StoreResult<_>>()?,
-            })
+    async fn discard(&self, id: JobId) -> StoreResult<()> {
+        self.write("discard", move |tx| {
+            let sql = "DELETE FROM jobs WHERE id = ?1 AND status = 'queued' AND attempts = 0";
+            match tx.execute(sql, params![id.to_string()]).ctx("discard")? {
+                1 => Ok(()),
+                _ => {
+                    let (current, _) = current(tx, id, None)?;
+                    Err(StoreError::NotAllowed {
+                        current,
+                        action: "discard",
+                    })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn in_status(&self, status: JobStatus) -> StoreResult<Vec<(JobId, String, u32)>> {
+        self.call(move |conn| {
+            let sql = "SELECT id, language, attempts FROM jobs WHERE status = ?1 ORDER BY id";
+            let raw = rows(conn, sql, params![status.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, i64>(2)?))
+            });
+            raw.ctx("listing jobs by status")?
+                .into_iter()
+                .map(|(id, language, attempts)| {
+                    let attempts = u32::try_from(attempts).ctx("attempts")?;
+                    Ok((parse_id(&id)?, language, attempts))
+                })
+                .collect()
         })
         .await
     }

@@ -104,11 +104,7 @@ async fn canceling_a_job_while_its_vm_boots_frees_the_slot() {
 
     let next = api.run(&python("print('slot is free')")).await;
     assert_eq!(next["result"]["stdout"], "slot is free\n", "{next}");
-    assert_eq!(
-        app.svc.pools.sizes("python"),
-        (0, 0),
-        "nothing left booting"
-    );
+    assert_eq!(app.pools().sizes("python"), (0, 0), "nothing left booting");
     app.shutdown().await;
 }
 

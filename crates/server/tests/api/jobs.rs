@@ -18,7 +18,7 @@ async fn a_python_job_runs_end_to_end() {
     assert_eq!(r["stdout"], "hello, world\n");
     assert_eq!(r["stderr"], "");
     assert_eq!(r["vm"]["driver"], "qemu");
-    let python_version = &app.svc.pools.launcher().catalog.languages["python"]
+    let python_version = &app.pools().launcher().catalog.languages["python"]
         .manifest
         .version;
     assert_eq!(r["vm"]["runtime_version"], python_version.as_str());
@@ -84,7 +84,7 @@ async fn a_python_job_runs_end_to_end() {
 
     let langs = api.languages().await;
     let langs = langs.as_array().expect("languages");
-    let catalog = &app.svc.pools.launcher().catalog;
+    let catalog = &app.pools().launcher().catalog;
     for name in ["python", "go"] {
         let l = langs
             .iter()

@@ -311,7 +311,7 @@ async fn shutdown_while_the_pools_boot_leaves_no_vm() {
     assert_eq!(health["status"], "ok");
     let booting: usize = ["python", "go"]
         .iter()
-        .map(|l| app.svc.pools.sizes(l).1)
+        .map(|l| app.pools().sizes(l).1)
         .sum();
     assert!(booting > 0, "the warm pools are booting");
     let vms = common::qemu_children();
@@ -323,7 +323,11 @@ async fn shutdown_while_the_pools_boot_leaves_no_vm() {
     let svc = app.svc.clone();
     app.shutdown().await;
     for l in ["python", "go"] {
-        assert_eq!(svc.pools.sizes(l), (0, 0), "{l}: nothing ready or booting");
+        assert_eq!(
+            svc.pools.as_ref().expect("pools").sizes(l),
+            (0, 0),
+            "{l}: nothing ready or booting"
+        );
     }
     assert_no_vm_left(&vms).await;
 }

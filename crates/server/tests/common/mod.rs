@@ -153,6 +153,14 @@ pub async fn spawn_app(opts: Opts) -> TestApp {
 }
 
 impl TestApp {
+    /// The server's VM pools (every embedded server has them).
+    pub fn pools(&self) -> &ignis_server::pool::Pools {
+        self.svc
+            .pools
+            .as_ref()
+            .expect("the embedded server has pools")
+    }
+
     /// Another key on the same server.
     pub async fn new_key(&self) -> Api {
         let (_, secret) = ignis_server::keys::create(&*self.svc.store, "other", None, None)

@@ -154,17 +154,19 @@ pub async fn save(
         .await
         .map_err(refused("migrate"))?;
     // A migration that fails before it connects (QEMU could not reach the
-    // socket) is only ever reported as an event: wait for either.
-    let mut from_qemu = tokio::select! {
-        accepted = to_file.accept() => {
-            accepted.map_err(DriverError::io("accepting the migration stream"))?.0
-        }
+    // socket) is only ever reported as an event: wait for either. One that
+    // completed first left its whole stream in the socket's backlog.
+    let mut completed = false;
+    let accepted = tokio::select! {
+        biased;
+        accepted = to_file.accept() => accepted,
         ended = s.migration_completed() => {
-            return Err(ended.err().unwrap_or_else(|| {
-                DriverError::Refused("the migration completed without writing anything".into())
-            }));
+            ended?;
+            completed = true;
+            to_file.accept().await
         }
     };
+    let (mut from_qemu, _) = accepted.map_err(DriverError::io("accepting the migration stream"))?;
     let mut file = tokio::fs::File::create(state_file)
         .await
         .map_err(DriverError::io("creating the device-state file"))?;
@@ -177,7 +179,10 @@ pub async fn save(
     file.sync_all()
         .await
         .map_err(DriverError::io("syncing the device-state file"))?;
-    s.migration_completed().await
+    if !completed {
+        s.migration_completed().await?;
+    }
+    Ok(())
 }
 
 /// Tells the QEMU whose monitor dials `listener` (started with `-incoming

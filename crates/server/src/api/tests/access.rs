@@ -192,16 +192,11 @@ async fn deleting_a_queued_job_cancels_it_once() {
         "canceled"
     );
     // The queue still carries the id (it only carries ids), but the store,
-    // which a worker asks first, no longer lets it start.
-    let err = h
-        .svc
-        .store
-        .start(id, chrono::Utc::now())
-        .await
-        .expect_err("canceled");
-    assert!(
-        matches!(err, crate::store::StoreError::NotAllowed { .. }),
-        "{err}"
+    // which a worker asks first, has it skipped.
+    let claimed = h.svc.store.claim(id, false, 2, chrono::Utc::now()).await;
+    assert_eq!(
+        claimed.expect("claim"),
+        crate::store::Claimed::Skipped(JobStatus::Canceled)
     );
 }
 

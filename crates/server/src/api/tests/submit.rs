@@ -56,7 +56,10 @@ async fn a_valid_job_is_accepted_stored_and_queued() {
 
     assert_eq!(h.svc.queue.depth(), 1);
     let queued = h.svc.queue.pop().await.expect("queued");
-    assert_eq!((queued.id, queued.language.as_str()), (id, "python"));
+    assert_eq!(
+        (queued.job.id, queued.job.language.as_str()),
+        (id, "python")
+    );
 
     let got = h.get(&format!("/v1/jobs/{id}"), Some(&key)).await;
     got.assert_status(StatusCode::OK);

@@ -1,0 +1,125 @@
+//! The JetStream queue at its seam, on a real nats-server started for
+//! these tests: routing by language, redelivery of what was never
+//! acknowledged, duplicates and the stream's limit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use ignis_testkit::Nats;
+
+use super::*;
+
+/// A wait for something that must happen (a hang guard, not a measure).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn job(n: u128, language: &str) -> QueuedJob {
+    QueuedJob {
+        id: uuid::Uuid::from_u128(n),
+        language: language.into(),
+    }
+}
+
+async fn pop(q: &NatsQueue) -> Delivery {
+    tokio::time::timeout(PATIENCE, q.pop())
+        .await
+        .expect("a delivery within the hang guard")
+        .expect("pop")
+}
+
+async fn stream_messages(client: &async_nats::Client) -> u64 {
+    let js = jetstream::new(client.clone());
+    let mut s = js.get_stream(JOBS_STREAM).await.expect("jobs stream");
+    s.info().await.expect("stream info").state.messages
+}
+
+#[tokio::test]
+async fn workers_get_their_languages_and_unacknowledged_jobs_come_back() {
+    let nats = tokio::task::spawn_blocking(Nats::start).await.unwrap();
+    let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
+    let cfg = NatsQueueConfig {
+        max_jobs: 100,
+        ack_wait: Duration::from_secs(1),
+    };
+    let api = NatsQueue::publisher(client.clone(), cfg.clone())
+        .await
+        .unwrap();
+    let python = NatsQueue::puller(client.clone(), cfg.clone(), &["python".into()])
+        .await
+        .unwrap();
+    let go = NatsQueue::puller(client.clone(), cfg, &["go".into()])
+        .await
+        .unwrap();
+
+    api.push(job(1, "go")).await.unwrap();
+    api.push(job(2, "python")).await.unwrap();
+    // The same job queued again (recovery after a crash) is kept once.
+    api.push(job(2, "python")).await.unwrap();
+    assert_eq!(stream_messages(&client).await, 2);
+
+    let d = pop(&python).await;
+    assert_eq!((d.job.id, d.redelivered), (job(2, "python").id, false));
+    let g = pop(&go).await;
+    assert_eq!(g.job, job(1, "go"));
+    g.handle.ack().await.unwrap();
+
+    // Never acknowledged (its worker died): it comes back, marked so.
+    drop(d);
+    let again = pop(&python).await;
+    assert_eq!(
+        (again.job.id, again.redelivered),
+        (job(2, "python").id, true)
+    );
+    again.handle.progress().await.unwrap();
+    again.handle.ack().await.unwrap();
+    assert_eq!(stream_messages(&client).await, 0);
+
+    python.close();
+    assert!(matches!(python.pop().await, Err(QueueError::Closed)));
+    assert!(
+        matches!(api.pop().await, Err(QueueError::Backend(_))),
+        "the API's queue only publishes"
+    );
+}
+
+#[tokio::test]
+async fn a_full_stream_refuses_and_a_lost_server_is_unavailable() {
+    let mut nats = tokio::task::spawn_blocking(Nats::start).await.unwrap();
+    let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
+    let cfg = NatsQueueConfig {
+        max_jobs: 1,
+        ..NatsQueueConfig::default()
+    };
+    let api = NatsQueue::publisher(client.clone(), cfg).await.unwrap();
+    api.push(job(1, "python")).await.unwrap();
+    let full = api.push(job(2, "python")).await.expect_err("full");
+    assert!(matches!(full, QueueError::Full(_)), "{full:?}");
+    assert!(full.is_retryable());
+    assert_eq!(stream_messages(&client).await, 1);
+    api.ping().await.unwrap();
+
+    let mut nats = tokio::task::spawn_blocking(move || {
+        nats.pause();
+        nats
+    })
+    .await
+    .unwrap();
+    let err = api.push(job(3, "python")).await.expect_err("no server");
+    assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+    assert!(api.ping().await.is_err());
+    let nats = tokio::task::spawn_blocking(move || {
+        nats.resume();
+        nats
+    })
+    .await
+    .unwrap();
+    // The stream survived the restart; the client reconnects by itself.
+    let mut tries = 0;
+    while api.ping().await.is_err() {
+        tries += 1;
+        assert!(tries < 600, "no reconnection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stream_messages(&client).await, 1);
+    drop(nats);
+}
