@@ -29,7 +29,13 @@ fn asking_for_firecracker_where_it_cannot_work_fails_at_once_with_the_reason() {
     assert_ne!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty(), "nothing ran");
     let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
+    // Tests beside this one may have just killed an Ignis whose VMMs are
+    // still dying; the start-up clean-up of this installation's cgroups
+    // reports those, which is not about the driver.
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("a dead Ignis process left"))
+        .collect();
     assert_eq!(lines.len(), 1, "one line: {err}");
     assert!(
         lines[0].contains("--driver firecracker cannot work here")

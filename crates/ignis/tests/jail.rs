@@ -291,18 +291,29 @@ async fn a_sigkilled_serve_leaves_no_vmm_and_its_restart_requeues_the_job() {
     for d in &stale {
         assert!(!d.exists(), "the restart left {} behind", d.display());
     }
-    let job: serde_json::Value = http
-        .get(format!("{}/v1/jobs/{id}", serve.base))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
-    assert!(
-        matches!(job["status"].as_str(), Some("queued" | "running")),
-        "the job was requeued: {job}"
-    );
+    // Recovery requeues the job at start-up; the new server's worker then
+    // claims it, which counts its second attempt. Follow the job until
+    // that claim instead of reading it once, which races the worker.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let job: serde_json::Value = http
+            .get(format!("{}/v1/jobs/{id}", serve.base))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert!(
+            matches!(job["status"].as_str(), Some("queued" | "running")),
+            "the job was requeued: {job}"
+        );
+        if job["status"] == "running" || Instant::now() > deadline {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["status"], "running", "the restart ran it again: {job}");
     assert_eq!(job["attempts"], 2, "its second start: {job}");
     // Cancel it and stop the server the orderly way.
     let _ = http

@@ -18,26 +18,6 @@ use tempfile::TempDir;
 /// a guard: no test asserts timing.
 pub const HANG: Duration = Duration::from_secs(180);
 
-/// Fails the test with the reason when the images are missing.
-pub fn require_images() {
-    let dir = ignis_vmm::paths::Paths::from_env().images();
-    let catalog = ignis_vmm::image::Catalog::discover(&dir);
-    if let Err(p) = &catalog.kernel {
-        panic!(
-            "prerequisite missing: no guest kernel in {} ({p}); run scripts/setup",
-            dir.display()
-        );
-    }
-    for lang in ["python", "go"] {
-        if let Err(e) = catalog.language(lang) {
-            panic!(
-                "prerequisite missing: no {lang} image in {} ({e}); run scripts/setup",
-                dir.display()
-            );
-        }
-    }
-}
-
 /// One `ignis` process, its output kept in a log file.
 #[derive(Debug)]
 pub struct Proc {
@@ -160,7 +140,7 @@ pub struct Cluster {
 impl Cluster {
     /// NATS and PostgreSQL, and a key in the database; no processes yet.
     pub async fn new() -> Cluster {
-        require_images();
+        crate::common::images(&["python", "go"]);
         let (nats, pg) = tokio::task::spawn_blocking(|| (Nats::start(), Postgres::start()))
             .await
             .expect("start nats-server and PostgreSQL");

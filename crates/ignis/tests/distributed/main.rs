@@ -4,6 +4,8 @@
 //! own, so the tests run side by side.
 
 mod cluster;
+#[path = "../common/mod.rs"]
+mod common;
 
 use std::collections::BTreeSet;
 

@@ -314,12 +314,21 @@ async fn shutdown_while_the_pools_boot_leaves_no_vm() {
         .map(|l| app.pools().sizes(l).1)
         .sum();
     assert!(booting > 0, "the warm pools are booting");
-    let vms = common::qemu_children();
-    assert!(
-        vms.iter()
-            .any(|v| v.vm_dir.as_ref().is_some_and(|d| d.is_dir())),
-        "booting VMs are QEMU children, with their directories: {vms:?}"
-    );
+    // A jailed VMM becomes `qemu` only once its jail is set up and it
+    // execs: look until one has (ready or still booting, it is a VM).
+    let mut vms = common::qemu_children();
+    let since = std::time::Instant::now();
+    while !vms
+        .iter()
+        .any(|v| v.vm_dir.as_ref().is_some_and(|d| d.is_dir()))
+    {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(30),
+            "booting VMs are QEMU children, with their directories: {vms:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        vms = common::qemu_children();
+    }
     let svc = app.svc.clone();
     app.shutdown().await;
     for l in ["python", "go"] {

@@ -123,7 +123,11 @@ impl Jail {
 
     /// Starts `/bin/true` in a jail like a VMM's, and waits for it.
     async fn trial(&self, runtime: &Path) -> io::Result<()> {
-        let dir = runtime.join(format!("jail-trial-{}", std::process::id()));
+        // Several launchers of one process (parallel tests, a server and
+        // its bench) may try at once: each trial needs a directory of its own.
+        static TRIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = runtime.join(format!("jail-trial-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let r = async {
