@@ -134,11 +134,15 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
         bail!("--runs must be at least 1");
     }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let launcher = rt.block_on(Launcher::new(Paths::from_env()))?;
     if a.distributed {
-        super::bench_dist::main(&rt, &a)?;
+        // One language for the whole cluster: the first asked for, else
+        // python; its hello world comes from its recipe like any other.
+        let language = a.languages.first().map_or("python", String::as_str);
+        let hello = Hello::of(launcher.catalog.language(language)?);
+        super::bench_dist::main(&rt, &a, &hello)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let launcher = rt.block_on(Launcher::new(Paths::from_env()))?;
     let hellos = chosen(&a, &launcher)?;
     let work = WorkDir::create()?;
     if a.api {
