@@ -235,3 +235,96 @@ async fn every_recipe_passes_its_conformance_programs() {
         failures.join("\n")
     );
 }
+
+/// The static agent `scripts/setup` built the installed images with (so the
+/// good recipe below is up to date, not rebuilt).
+fn agent() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        PathBuf::from,
+    );
+    let agent = target.join("x86_64-unknown-linux-gnu/agent/ignis-agent");
+    assert!(
+        agent.is_file(),
+        "prerequisite missing: no agent at {} (run scripts/setup)",
+        agent.display()
+    );
+    agent
+}
+
+/// A real `ignis images build` over three broken recipes beside a good one:
+/// each broken one fails with its name and the reason, the build exits
+/// non-zero, and the good language's working image is still there.
+#[test]
+fn broken_recipes_fail_by_name_and_leave_other_images_alone() {
+    common::images(&["python"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let python = std::fs::read_to_string(recipes_dir().join("python.toml")).expect("python recipe");
+    let renamed = |name: &str| python.replace("name = \"python\"", &format!("name = \"{name}\""));
+    let recipes = [
+        ("python", python.clone()),
+        (
+            "nopkg",
+            renamed("nopkg").replace("packages = [", "packages = [\"nosuchpkg-ignis\", "),
+        ),
+        (
+            "badcmd",
+            renamed("badcmd").replacen("prepare = [", "prepare = [\"exit 7\", ", 1),
+        ),
+        (
+            "norun",
+            renamed("norun").replacen("\nrun = [\"/usr/bin/python3\", \"{entry}\"]\n", "\n", 1),
+        ),
+    ];
+    for (name, text) in &recipes {
+        assert!(
+            text.contains(&format!("name = \"{name}\"")),
+            "{name}: {text}"
+        );
+        std::fs::write(dir.path().join(format!("{name}.toml")), text).expect("write recipe");
+    }
+    let agent = agent();
+    let recipes_arg = dir.path().to_str().expect("utf-8 path");
+    let built = common::ignis(
+        dir.path(),
+        &[
+            "images",
+            "build",
+            "--agent",
+            agent.to_str().expect("utf-8"),
+            "--recipes",
+            recipes_arg,
+        ],
+    );
+    assert_ne!(
+        built.code, 0,
+        "a broken recipe fails the build: {}",
+        built.stderr
+    );
+    let err = &built.stderr;
+    for (name, reason) in [
+        ("nopkg", "Unable to locate package nosuchpkg-ignis"),
+        ("badcmd", "exit status: 7"),
+        ("norun", "missing field `run`"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(name) && l.contains("FAILED"))
+            .unwrap_or_else(|| panic!("no failure line naming {name}:\n{err}"));
+        assert!(
+            line.contains(reason) || err.contains(reason),
+            "{name} fails with {reason:?}:\n{err}"
+        );
+    }
+    let list = common::ignis(dir.path(), &["images", "list", "--json"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).expect("list JSON");
+    let text = list.to_string();
+    assert!(
+        text.contains("\"python\""),
+        "python is still listed: {list}"
+    );
+    for name in ["nopkg", "badcmd", "norun"] {
+        assert!(!text.contains(name), "no image for {name}: {list}");
+    }
+}
