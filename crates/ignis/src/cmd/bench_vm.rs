@@ -63,9 +63,13 @@ pub struct VmTimings {
     /// Booted VMs of the flat image given by `--baseline`, in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<VmSide>,
-    /// Its size on disk, and what it says of its runtime.
+    /// Its size on disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_bytes: Option<u64>,
+    /// The current image's size on disk: its layer, and the shared base
+    /// every language's VM also reads.
+    pub layer_bytes: u64,
+    pub base_bytes: u64,
     /// Boot-to-ready over restore-to-ready, by medians.
     pub ready_speedup: Option<f64>,
     /// What the runtime in the image says of its version (shown once, by
@@ -117,6 +121,7 @@ pub async fn timings(
     let mut flat = Samples::default();
     let mut runtime_version = String::new();
     let language = h.language.as_str();
+    let image = launcher.catalog.language(language)?;
     for i in 1..=runs {
         for (origin, samples) in [
             (Origin::Booted, &mut booted),
@@ -148,6 +153,8 @@ pub async fn timings(
         restored,
         baseline: baseline_side,
         baseline_bytes: baseline.map(|b| b.base.manifest.bytes),
+        layer_bytes: image.manifest.layer_bytes,
+        base_bytes: image.base.manifest.bytes,
         runtime_version,
     })
 }
