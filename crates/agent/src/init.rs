@@ -4,9 +4,12 @@ use std::io;
 
 use crate::sys;
 
-/// The image is mounted read-only by the kernel. Everything written in the
-/// guest lands in a tmpfs overlay instead, so no VM ever copies or changes the
-/// golden image, and every VM starts from the same bytes.
+/// The base image is mounted read-only by the kernel as the root; the
+/// language's layer (and any others, named by `ignis.layers=vdb,...` on the
+/// kernel command line, lowest first) is mounted read-only and stacked above
+/// it. Everything written in the guest lands in a tmpfs overlay on top, so
+/// no VM ever copies or changes an image, and every VM starts from the same
+/// bytes.
 pub fn setup() -> io::Result<()> {
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     sys::mount(
@@ -39,12 +42,30 @@ pub fn setup() -> io::Result<()> {
     for d in ["/overlay/upper", "/overlay/work", "/overlay/root"] {
         std::fs::create_dir(d)?;
     }
+    let cmdline = std::fs::read_to_string("/proc/cmdline")?;
+    let mut lowers = vec!["/".to_string()];
+    for (i, disk) in layers(&cmdline)?.iter().enumerate() {
+        let dir = format!("/overlay/layer{i}");
+        std::fs::create_dir(&dir)?;
+        sys::mount(
+            &format!("/dev/{disk}"),
+            &dir,
+            Some("erofs"),
+            libc::MS_RDONLY | nosuid_nodev,
+            "",
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("mounting layer /dev/{disk}: {e}")))?;
+        lowers.insert(0, dir);
+    }
     sys::mount(
         "overlay",
         "/overlay/root",
         Some("overlay"),
         0,
-        "lowerdir=/,upperdir=/overlay/upper,workdir=/overlay/work",
+        &format!(
+            "lowerdir={},upperdir=/overlay/upper,workdir=/overlay/work",
+            lowers.join(":")
+        ),
     )?;
     for m in ["/proc", "/dev", "/sys"] {
         sys::mount(m, &format!("/overlay/root{m}"), None, libc::MS_MOVE, "")?;
@@ -73,6 +94,30 @@ pub fn setup() -> io::Result<()> {
         crate::log(&format!("loopback stays down: {e}"));
     }
     Ok(())
+}
+
+/// The disks to stack over the root, lowest first, from
+/// `ignis.layers=vdb,vdc`. A name that is not a plain `vdX` is refused.
+pub fn layers(cmdline: &str) -> io::Result<Vec<String>> {
+    let Some(list) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ignis.layers="))
+    else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(|d| {
+            let ok = d.len() == 3 && d.starts_with("vd") && d.as_bytes()[2].is_ascii_lowercase();
+            if ok {
+                Ok(d.to_owned())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("ignis.layers: {d:?} is not a virtio disk"),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// The guest has no RTC driver; the host passes its wall clock on the kernel
@@ -113,4 +158,18 @@ pub fn valid_vm_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_come_from_the_command_line_in_order() {
+        let line = "console=ttyS0 root=/dev/vda ignis.layers=vdb,vdc ignis.vm=1";
+        assert_eq!(layers(line).expect("valid"), ["vdb", "vdc"]);
+        assert!(layers("root=/dev/vda").expect("none").is_empty());
+        assert!(layers("ignis.layers=../sda").is_err());
+        assert!(layers("ignis.layers=vdb,sda1").is_err());
+    }
 }

@@ -239,7 +239,7 @@ pub fn warm_up(recipe: &Recipe) -> String {
         }
     }
     match quiet(&recipe.version) {
-        Ok(out) => out.trim().chars().take(200).collect(),
+        Ok(out) => ignis_protocol::version_line(&out),
         Err(e) => {
             crate::log(&format!("version command failed: {e}"));
             String::from("unknown")

@@ -460,7 +460,7 @@ async fn silent_agent_times_out_and_is_torn_down() {
         Vec::<std::path::PathBuf>::new()
     );
     assert!(
-        !process_mentions(&fake.cfg.image.rootfs),
+        !process_mentions(&fake.cfg.image.base.path),
         "monitor still alive"
     );
 }
@@ -484,7 +484,10 @@ async fn ready_then_hung_agent_times_out_the_run() {
         (FAKE_LANGUAGE, VmState::Ready)
     );
     assert_eq!(entries(fake.runtime_dir()).len(), 1, "one per-VM directory");
-    assert!(process_mentions(&fake.cfg.image.rootfs), "the monitor runs");
+    assert!(
+        process_mentions(&fake.cfg.image.base.path),
+        "the monitor runs"
+    );
     let err = vm
         .run(hang_request(), Duration::from_secs(3), |_| {})
         .await
@@ -502,7 +505,7 @@ async fn ready_then_hung_agent_times_out_the_run() {
         Vec::<std::path::PathBuf>::new()
     );
     assert!(
-        !process_mentions(&fake.cfg.image.rootfs),
+        !process_mentions(&fake.cfg.image.base.path),
         "monitor still alive"
     );
 }
@@ -528,7 +531,7 @@ async fn ready_then_hung_agent_is_an_internal_error_report() {
         Vec::<std::path::PathBuf>::new()
     );
     assert!(
-        !process_mentions(&fake.cfg.image.rootfs),
+        !process_mentions(&fake.cfg.image.base.path),
         "monitor still alive"
     );
 }

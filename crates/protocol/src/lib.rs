@@ -39,8 +39,8 @@ pub const RESUME_ENTROPY_BYTES: usize = 64;
 
 /// Largest chunk of program output the agent puts into one `Output` message.
 pub const OUTPUT_CHUNK_MAX: usize = 32 * 1024;
-pub use recipe::{CompileStep, Recipe};
-mod recipe;
+pub use recipe::{version_line, CompileStep, Conformance, Native, Recipe};
+pub mod recipe;
 
 /// Where the image carries its recipe for the agent.
 pub const RECIPE_PATH: &str = "/etc/ignis/recipe.json";

@@ -7,25 +7,13 @@ use std::sync::Arc;
 
 use ignis_vmm::accel::AccelChoice;
 use ignis_vmm::driver::fake::FakeDriver;
-use ignis_vmm::image::{Catalog, ImageProblem, KernelImage, LanguageImage, Manifest};
+use ignis_vmm::image::{Catalog, ImageProblem, KernelImage, LanguageImage};
 use ignis_vmm::paths::Paths;
 use ignis_vmm::{Accel, Launcher};
 
 /// A language image for the fake driver: nothing is read from its paths.
 pub fn fake_image(dir: &Path, language: &str, vm_memory_mib: u64) -> LanguageImage {
-    LanguageImage {
-        rootfs: dir.join(language).join("rootfs.ext4"),
-        manifest: Manifest {
-            language: language.into(),
-            version: format!("{language} 1"),
-            extensions: vec![language.into()],
-            source_file: format!("main.{language}"),
-            compiled: false,
-            vm_memory_mib,
-            rootfs_bytes: 0,
-            key: "test".into(),
-        },
-    }
+    LanguageImage::fake(dir, language, vm_memory_mib)
 }
 
 /// Python as the real image describes itself (512 MiB guests).
@@ -69,6 +57,7 @@ pub fn fake_launcher_with(dir: &Path, driver: FakeDriver, images: Vec<LanguageIm
                 problem: "not built in unit tests".into(),
             }),
             languages,
+            bases: Default::default(),
             problems: vec![],
         },
         KernelImage {

@@ -220,7 +220,7 @@ impl Worker {
             let result = vm
                 .run(
                     job.request.clone(),
-                    host_deadline(&job.request, info.compiled),
+                    host_deadline(&job.request, &info),
                     |ev| match ev {
                         RunEvent::Phase(Phase::Compiling | Phase::Running) => {}
                         RunEvent::Output(stream, data) => {

@@ -114,10 +114,7 @@ impl Launcher {
             tracing::warn!("removed {stale} VM directories a dead Ignis process left");
         }
         // The smallest image makes the cheapest probe guest.
-        let probe_image = catalog
-            .languages
-            .values()
-            .min_by_key(|l| l.manifest.rootfs_bytes);
+        let probe_image = catalog.languages.values().min_by_key(|l| l.total_bytes());
         let (driver, accel) =
             choose_driver(opts.driver, &paths, &kernel, probe_image, &containment).await?;
         let mut launcher = Launcher::with_driver(paths, catalog, kernel, accel, driver);

@@ -103,11 +103,12 @@ impl RunReport {
 /// declares the agent hung: transfer of output, cgroup teardown, slow TCG.
 pub const HOST_GRACE: Duration = Duration::from_secs(30);
 
-/// How long the host waits for a whole run of `req` on a VM of a language
-/// that does (or does not) compile first.
-pub fn host_deadline(req: &RunRequest, compiled: bool) -> Duration {
-    let compile = if compiled {
-        req.limits.compile_timeout_ms
+/// How long the host waits for a whole run of `req` on the VM `vm`: its
+/// limits, the compile step if the language has one (at least as long as
+/// its recipe asks: `Vm::run` raises the request's to that), and grace.
+pub fn host_deadline(req: &RunRequest, vm: &VmInfo) -> Duration {
+    let compile = if vm.compiled {
+        req.limits.compile_timeout_ms.max(vm.compile_timeout_ms)
     } else {
         0
     };
@@ -118,7 +119,7 @@ pub fn host_deadline(req: &RunRequest, compiled: bool) -> Duration {
 /// reused. Failures become an `internal_error` report that says where the
 /// console log was kept.
 pub async fn execute(mut vm: Vm, req: RunRequest, on_event: impl FnMut(RunEvent)) -> RunReport {
-    let deadline = host_deadline(&req, vm.info().compiled);
+    let deadline = host_deadline(&req, vm.info());
     let info = vm.info().clone();
     let result = vm.run(req, deadline, on_event).await;
     let log = vm.destroy().await;

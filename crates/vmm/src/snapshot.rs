@@ -118,8 +118,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SnapshotError {
 
 /// The key of the snapshot of `image` on `driver`: a hash of the snapshot
 /// format, the driver and what it says the saved state depends on (VMM
-/// build, accelerator, CPU model, device layout), the kernel, the image
-/// (which covers the agent and the recipe) and the guest's memory size.
+/// build, accelerator, CPU model, device layout), the kernel, the base
+/// (which covers the agent) and the language's layer (which covers the
+/// recipe), and the guest's memory size.
 /// `None` when the driver cannot take snapshots here.
 pub fn key(driver: &dyn Driver, kernel: &KernelImage, image: &LanguageImage) -> Option<String> {
     let identity = driver.snapshot_identity()?;
@@ -129,10 +130,14 @@ pub fn key(driver: &dyn Driver, kernel: &KernelImage, image: &LanguageImage) -> 
         format!("driver {}: {identity}", driver.name()),
         format!("kernel {}", kernel.key),
         format!(
+            "base {} {} bytes",
+            image.base.manifest.id, image.base.manifest.bytes
+        ),
+        format!(
             "image {} {} {} bytes",
             image.name(),
             image.manifest.key,
-            image.manifest.rootfs_bytes
+            image.manifest.layer_bytes
         ),
         format!("memory {} MiB", image.manifest.vm_memory_mib),
     ] {

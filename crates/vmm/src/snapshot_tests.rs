@@ -8,25 +8,19 @@ use super::*;
 use crate::accel::AccelChoice;
 use crate::driver::fake::{Behaviour, Call, FakeDriver};
 use crate::driver::Accel;
-use crate::image::{Catalog, ImageProblem, LanguageImage, Manifest};
+use crate::image::{Catalog, ImageProblem, LanguageImage};
 use crate::jail::Containment;
 use crate::launcher::Launcher;
 use crate::paths::Paths;
 
 fn image(dir: &Path, memory: u64, key: &str) -> LanguageImage {
-    LanguageImage {
-        rootfs: dir.join("python/rootfs.ext4"),
-        manifest: Manifest {
-            language: "python".into(),
-            version: "Python 3".into(),
-            extensions: vec!["py".into()],
-            source_file: "main.py".into(),
-            compiled: false,
-            vm_memory_mib: memory,
-            rootfs_bytes: 1000,
-            key: key.into(),
-        },
-    }
+    let mut image = LanguageImage::fake(dir, "python", memory);
+    image.manifest.version = "Python 3".into();
+    image.manifest.extensions = vec!["py".into()];
+    image.manifest.source_file = "main.py".into();
+    image.manifest.layer_bytes = 1000;
+    image.manifest.key = key.into();
+    image
 }
 
 fn kernel(key: &str) -> KernelImage {
@@ -44,6 +38,7 @@ fn launcher(dir: &Path, driver: &FakeDriver) -> Launcher {
             problem: "fake".into(),
         }),
         languages: Default::default(),
+        bases: Default::default(),
         problems: vec![],
     };
     catalog

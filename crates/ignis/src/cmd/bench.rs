@@ -53,31 +53,38 @@ pub struct Args {
     /// Concurrent clients (with --api or --distributed).
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
+    /// An image directory of flat images as Ignis built them before (one
+    /// uncompressed ext4 root per language): boot them beside the current
+    /// images, alternating, and show both.
+    #[arg(long)]
+    pub baseline: Option<std::path::PathBuf>,
     /// Jobs submitted in all, per scenario (with --api or --distributed).
     #[arg(long, default_value_t = 40)]
     pub jobs: usize,
 }
 
-/// A hello world per language Ignis knows how to benchmark.
+/// A language to benchmark, as its image's recipe describes it: the hello
+/// world of its conformance programs, and how the host runs it natively.
+#[derive(Debug, Clone)]
 pub struct Hello {
-    pub language: &'static str,
-    pub file: &'static str,
-    pub source: &'static str,
+    pub language: String,
+    /// The recipe's `source_file`: the name a program is given.
+    pub file: String,
+    pub source: String,
+    pub native: Option<ignis_protocol::Native>,
 }
 
-const HELLOS: [Hello; 2] = [
-    Hello {
-        language: "python",
-        file: "hello.py",
-        source: "print(\"hello, world\")\n",
-    },
-    Hello {
-        language: "go",
-        file: "hello.go",
-        source:
-            "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(\"hello, world\")\n}\n",
-    },
-];
+impl Hello {
+    pub fn of(image: &ignis_vmm::image::LanguageImage) -> Hello {
+        let r = &image.manifest.recipe;
+        Hello {
+            language: image.name().to_owned(),
+            file: r.source_file.clone(),
+            source: r.conformance.hello.clone(),
+            native: r.native.clone(),
+        }
+    }
+}
 
 /// The snapshot every restored VM of a language comes from.
 #[derive(Debug, Serialize)]
@@ -126,30 +133,26 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    for l in &a.languages {
-        if !HELLOS.iter().any(|h| h.language == l) {
-            let known: Vec<_> = HELLOS.iter().map(|h| h.language).collect();
-            bail!(
-                "no benchmark for language {l:?} (known: {})",
-                known.join(", ")
-            );
-        }
-    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let launcher = rt.block_on(Launcher::new(Paths::from_env()))?;
     if a.distributed {
-        super::bench_dist::main(&rt, &a)?;
+        // One language for the whole cluster: the first asked for, else
+        // python; its hello world comes from its recipe like any other.
+        let language = a.languages.first().map_or("python", String::as_str);
+        let hello = Hello::of(launcher.catalog.language(language)?);
+        super::bench_dist::main(&rt, &a, &hello)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let launcher = rt.block_on(Launcher::new(Paths::from_env()))?;
     let hellos = chosen(&a, &launcher)?;
     let work = WorkDir::create()?;
     if a.api {
+        let hellos: Vec<&Hello> = hellos.iter().collect();
         super::bench_api::main(&rt, &launcher, &a, &hellos, work.path())?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut languages = Vec::new();
-    for h in hellos {
-        languages.push(bench_language(&rt, &launcher, h, work.path(), a.runs)?);
+    for h in &hellos {
+        languages.push(bench_language(&rt, &launcher, h, work.path(), &a)?);
     }
     let report = BenchReport {
         runs: a.runs,
@@ -166,19 +169,18 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The hello worlds asked for that have an image.
-fn chosen<'a>(a: &Args, launcher: &Launcher) -> anyhow::Result<Vec<&'a Hello>> {
-    let hellos: Vec<&Hello> = HELLOS
-        .iter()
-        .filter(|h| a.languages.is_empty() || a.languages.iter().any(|l| l == h.language))
-        .filter(|h| {
-            let have = launcher.catalog.languages.contains_key(h.language);
-            if !have {
-                eprintln!("bench: no {} image, skipped", h.language);
-            }
-            have
-        })
-        .collect();
+/// The languages asked for (every one with an image by default), as their
+/// recipes describe them. One asked for by name must have a usable image.
+fn chosen(a: &Args, launcher: &Launcher) -> anyhow::Result<Vec<Hello>> {
+    let catalog = &launcher.catalog;
+    let hellos: Vec<Hello> = if a.languages.is_empty() {
+        catalog.languages.values().map(Hello::of).collect()
+    } else {
+        a.languages
+            .iter()
+            .map(|l| catalog.language(l).map(Hello::of))
+            .collect::<Result<_, _>>()?
+    };
     if hellos.is_empty() {
         bail!(
             "no image to benchmark in {} (run scripts/setup)",
@@ -190,10 +192,10 @@ fn chosen<'a>(a: &Args, launcher: &Launcher) -> anyhow::Result<Vec<&'a Hello>> {
 
 /// Writes the hello world of `h` into its own directory under `work`.
 pub fn write_hello(h: &Hello, work: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let dir = work.join(h.language);
+    let dir = work.join(&h.language);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file = dir.join(h.file);
-    std::fs::write(&file, h.source).with_context(|| format!("writing {}", file.display()))?;
+    let file = dir.join(&h.file);
+    std::fs::write(&file, &h.source).with_context(|| format!("writing {}", file.display()))?;
     Ok(file)
 }
 
@@ -202,31 +204,46 @@ fn bench_language(
     launcher: &Launcher,
     h: &Hello,
     work: &Path,
-    runs: usize,
+    a: &Args,
 ) -> anyhow::Result<LanguageBench> {
+    let runs = a.runs;
     let file = write_hello(h, work)?;
     let dir = file.parent().unwrap_or(work);
+    let language = h.language.as_str();
 
     // Made now if missing, so that no timed restore pays for making it.
-    eprintln!("bench: {} snapshot", h.language);
+    eprintln!("bench: {language} snapshot");
     let snap = rt
-        .block_on(launcher.snapshot(h.language))
-        .with_context(|| format!("the {} snapshot", h.language))?;
+        .block_on(launcher.snapshot(language))
+        .with_context(|| format!("the {language} snapshot"))?;
     let snapshot = SnapshotInfo {
         source_ready_ms: snap.meta.source_ready_ms,
         memory_mib: snap.meta.memory_mib,
     };
 
-    let vm = rt.block_on(vm::timings(launcher, h, runs))?;
+    let baseline = match &a.baseline {
+        None => None,
+        Some(d) => {
+            let current = launcher.catalog.language(language)?;
+            match ignis_vmm::image::flat::load(d, current) {
+                Ok(img) => Some(img),
+                Err(e) => {
+                    eprintln!("bench: no {language} baseline: {e}");
+                    None
+                }
+            }
+        }
+    };
+    let vm = rt.block_on(vm::timings(launcher, h, baseline.as_ref(), runs))?;
     let end_to_end = end_to_end(h, &file, runs)?;
-    let memory = Maybe::from_result(rt.block_on(vm::memory(launcher, h.language, runs)));
+    let memory = Maybe::from_result(rt.block_on(vm::memory(launcher, language, runs)));
 
-    eprintln!("bench: {} natively", h.language);
-    let native = native::measure(h.language, &file, dir, runs);
-    eprintln!("bench: {} in gVisor", h.language);
+    eprintln!("bench: {language} natively");
+    let native = native::measure(h.native.as_ref(), &file, dir, runs);
+    eprintln!("bench: {language} in gVisor");
     let gvisor = native::gvisor(&native, runs);
     Ok(LanguageBench {
-        language: h.language.to_owned(),
+        language: language.to_owned(),
         vm_runtime_version: vm.runtime_version.clone(),
         snapshot,
         vm,

@@ -104,11 +104,11 @@ pub fn main(
     for h in hellos {
         let file = write_hello(h, work)?;
         let dir = file.parent().unwrap_or(work);
-        let scenarios = rt.block_on(run(b, h.language, h.source))?;
+        let scenarios = rt.block_on(run(b, &h.language, &h.source))?;
         eprintln!("bench: {} natively", h.language);
-        let native_run_ms = native::measure(h.language, &file, dir, a.runs).run_ms;
+        let native_run_ms = native::measure(h.native.as_ref(), &file, dir, a.runs).run_ms;
         let l = LanguageApi {
-            language: h.language.to_owned(),
+            language: h.language.clone(),
             warm0_throughput_speedup: warm0_speedup(&scenarios),
             scenarios,
             native_run_ms,

@@ -5,7 +5,8 @@
 //! - submissions per second into the API with an empty queue and no worker
 //!   running them (the API's own cost: PostgreSQL insert + JetStream publish);
 //! - jobs per second end to end (`?wait=true`, hello world in Python) with
-//!   one and with two workers;
+//!   one and with two workers (the hello world of the first `--language`,
+//!   python by default, from its recipe);
 //! - the same end to end through `ignis serve`, with as many job slots as
 //!   one worker.
 //!
@@ -21,11 +22,10 @@ use ignis_testkit::{free_port, spawn_owned, Nats, Postgres};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::bench::Args;
+use super::bench::{Args, Hello};
 
 /// Job slots (VMs running jobs at once) of one worker, and of `serve`.
 const SLOTS: usize = 2;
-const HELLO: &str = "print(\"hello, world\")\n";
 const READY_WITHIN: Duration = Duration::from_secs(180);
 
 struct Row {
@@ -179,9 +179,10 @@ fn workers(h: &Value) -> usize {
     h["workers"].as_array().map_or(0, Vec::len)
 }
 
-fn python_ready(l: &Value) -> u64 {
+/// Ready VMs of `language` in the fleet's pools.
+fn ready(l: &Value, language: &str) -> u64 {
     l.as_array()
-        .and_then(|ls| ls.iter().find(|x| x["name"] == "python"))
+        .and_then(|ls| ls.iter().find(|x| x["name"] == language))
         .and_then(|p| p["pool"]["ready"].as_u64())
         .unwrap_or(0)
 }
@@ -193,9 +194,10 @@ async fn load(
     url: String,
     clients: usize,
     total: usize,
+    hello: &Hello,
 ) -> (Vec<(Option<Value>, f64)>, f64) {
     let next = Arc::new(AtomicUsize::new(0));
-    let body = json!({"language": "python", "code": HELLO});
+    let body = json!({"language": hello.language, "code": hello.source});
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients.max(1) {
@@ -242,7 +244,7 @@ fn row(setup: String, rows: &[(Option<Value>, f64)], secs: f64, e2e: bool) -> Ro
     }
 }
 
-async fn submissions(a: &Args, http: &reqwest::Client) -> anyhow::Result<Row> {
+async fn submissions(a: &Args, http: &reqwest::Client, h: &Hello) -> anyhow::Result<Row> {
     let mut c = tokio::task::block_in_place(Cluster::new)?;
     let base = c.api().await?;
     // One worker teaches the API the languages, then leaves: the jobs
@@ -252,7 +254,7 @@ async fn submissions(a: &Args, http: &reqwest::Client) -> anyhow::Result<Row> {
     c.procs.stop_last();
     until_fleet(http, &base, "the worker to be gone", |h, _| workers(h) == 0).await?;
     let total = a.jobs * 10;
-    let (rows, secs) = load(http, format!("{base}/v1/jobs"), a.clients, total).await;
+    let (rows, secs) = load(http, format!("{base}/v1/jobs"), a.clients, total, h).await;
     Ok(row(
         "api (no worker; jobs queued, not run)".into(),
         &rows,
@@ -261,19 +263,19 @@ async fn submissions(a: &Args, http: &reqwest::Client) -> anyhow::Result<Row> {
     ))
 }
 
-async fn end_to_end(a: &Args, http: &reqwest::Client, n: usize) -> anyhow::Result<Row> {
+async fn end_to_end(a: &Args, http: &reqwest::Client, n: usize, h: &Hello) -> anyhow::Result<Row> {
     let mut c = tokio::task::block_in_place(Cluster::new)?;
     let base = c.api().await?;
     for i in 0..n {
         c.worker(i + 1)?;
     }
     let want = (SLOTS * n) as u64;
-    until_fleet(http, &base, "the workers' pools", |h, l| {
-        workers(h) == n && python_ready(l) >= want
+    until_fleet(http, &base, "the workers' pools", |fleet, l| {
+        workers(fleet) == n && ready(l, &h.language) >= want
     })
     .await?;
     let url = format!("{base}/v1/jobs?wait=true");
-    let (rows, secs) = load(http, url, a.clients, a.jobs).await;
+    let (rows, secs) = load(http, url, a.clients, a.jobs, h).await;
     let setup = format!(
         "api + {n} worker{} ({SLOTS} slots each)",
         if n > 1 { "s" } else { "" }
@@ -281,7 +283,7 @@ async fn end_to_end(a: &Args, http: &reqwest::Client, n: usize) -> anyhow::Resul
     Ok(row(setup, &rows, secs, true))
 }
 
-async fn serve(a: &Args, http: &reqwest::Client) -> anyhow::Result<Row> {
+async fn serve(a: &Args, http: &reqwest::Client, h: &Hello) -> anyhow::Result<Row> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
     let mut procs = Procs(Vec::new());
@@ -299,10 +301,17 @@ async fn serve(a: &Args, http: &reqwest::Client) -> anyhow::Result<Row> {
     until_up(port).await?;
     let base = format!("http://127.0.0.1:{port}");
     until_fleet(http, &base, "the pool", |_, l| {
-        python_ready(l) >= SLOTS as u64
+        ready(l, &h.language) >= SLOTS as u64
     })
     .await?;
-    let (rows, secs) = load(http, format!("{base}/v1/jobs?wait=true"), a.clients, a.jobs).await;
+    let (rows, secs) = load(
+        http,
+        format!("{base}/v1/jobs?wait=true"),
+        a.clients,
+        a.jobs,
+        h,
+    )
+    .await;
     Ok(row(
         format!("ignis serve ({SLOTS} slots)"),
         &rows,
@@ -311,20 +320,20 @@ async fn serve(a: &Args, http: &reqwest::Client) -> anyhow::Result<Row> {
     ))
 }
 
-pub fn main(rt: &tokio::runtime::Runtime, a: &Args) -> anyhow::Result<()> {
+pub fn main(rt: &tokio::runtime::Runtime, a: &Args, h: &Hello) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().no_proxy().build()?;
     let rows = rt.block_on(async {
         anyhow::Ok(vec![
-            submissions(a, &http).await?,
-            end_to_end(a, &http, 1).await?,
-            end_to_end(a, &http, 2).await?,
-            serve(a, &http).await?,
+            submissions(a, &http, h).await?,
+            end_to_end(a, &http, 1, h).await?,
+            end_to_end(a, &http, 2, h).await?,
+            serve(a, &http, h).await?,
         ])
     })?;
     let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1}"));
     println!(
-        "Distributed mode on this host ({} clients; python hello world)\n",
-        a.clients
+        "Distributed mode on this host ({} clients; {} hello world)\n",
+        a.clients, h.language
     );
     println!("| set-up | submissions/s | jobs/s end to end | p50 ms | ok |");
     println!("|---|---:|---:|---:|---:|");

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use ignis_protocol::{recipe, version_line, Recipe};
 use serde::Serialize;
 
 use super::bench_util::{capture, on_path, sample, time_checked, Maybe, Stats};
@@ -49,111 +50,149 @@ pub struct Gvisor {
     pub run_ms: Maybe<Stats>,
 }
 
-/// The native baseline of `language` for the hello world in `file`; `dir`
-/// is scratch space for builds.
-pub fn measure(language: &str, file: &Path, dir: &Path, runs: usize) -> Native {
-    match language {
-        "python" => python(file, runs),
-        "go" => go(file, dir, runs),
-        _ => Native::without(None, false, "no native baseline".into()),
+/// The native baseline of the hello world in `file`, as the recipe's
+/// `[native]` section says to build and run it on the host; `dir` is
+/// scratch space for builds. Nothing is installed for it: a toolchain
+/// missing on the host is reported as "not installed".
+pub fn measure(native: Option<&recipe::Native>, file: &Path, dir: &Path, runs: usize) -> Native {
+    let Some(n) = native else {
+        return Native::without(None, false, "the recipe has no native baseline".into());
+    };
+    let compiled = n.build.is_some();
+    // Every program the recipe names by path must be on the host.
+    for argv in [Some(&n.run), Some(&n.version), n.build.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let program = argv.first().map(String::as_str).unwrap_or_default();
+        if program.starts_with('/') && !Path::new(program).is_file() {
+            return Native::without(None, compiled, "not installed".into());
+        }
     }
-}
-
-/// The interpreter the guest image runs too: Debian's, which the set-up
-/// installs. Comparing against another build (a pyenv one first on PATH,
-/// say) would measure that build's start-up, not the sandbox.
-const DEBIAN_PYTHON: &str = "/usr/bin/python3";
-
-fn python(file: &Path, runs: usize) -> Native {
-    let exe = PathBuf::from(DEBIAN_PYTHON);
-    if !exe.is_file() {
+    let version = capture(command(&n.version, n).current_dir(dir))
+        .ok()
+        .map(|v| version_line(&v));
+    let Some(name) = file.file_name().map(|f| f.to_string_lossy().into_owned()) else {
         return Native::without(
-            None,
-            false,
-            format!("{DEBIAN_PYTHON} missing (apt-get install python3)"),
+            version,
+            compiled,
+            format!("{}: no file name", file.display()),
         );
-    }
-    let version = capture(Command::new(&exe).arg("--version")).ok();
+    };
+    let (build_ms, run_argv, run_dir) = match &n.build {
+        // The program by its absolute path: gVisor runs this same command
+        // from another working directory.
+        None => {
+            let entry = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+            let entry = entry.to_string_lossy().into_owned();
+            (
+                None,
+                Recipe::expand(&n.run, &[entry], ""),
+                dir.to_path_buf(),
+            )
+        }
+        Some(build) => {
+            let source = match std::fs::read_to_string(file) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Native::without(version, true, format!("{}: {e}", file.display()))
+                }
+            };
+            // Like the image, whose caches hold the standard library but never
+            // the program: one untimed build warms them, then every timed
+            // build gets a source of its own (a unique comment), so none is a
+            // cache hit.
+            let b = Builder {
+                n,
+                build,
+                source: &source,
+                name: &name,
+                dir,
+            };
+            if let Err(e) = b.build("warm-up") {
+                return Native::without(version, true, format!("{e:#}"));
+            }
+            let mut last = None;
+            let mut i = 0;
+            let build_ms = sample(runs, || {
+                i += 1;
+                let (ms, d) = b.build(&format!("build-{i}"))?;
+                last = Some(d);
+                Ok(ms)
+            });
+            let Some(d) = last else {
+                return Native {
+                    version,
+                    build_ms: Some(build_ms),
+                    run_ms: Maybe::unavailable("no native build"),
+                    command: None,
+                };
+            };
+            let binary = d.join(BINARY).to_string_lossy().into_owned();
+            (Some(build_ms), Recipe::expand(&n.run, &[name], &binary), d)
+        }
+    };
     let run_ms = sample(runs, || {
-        time_checked(Command::new(&exe).arg(file), "native python3")
+        time_checked(
+            command(&run_argv, n).current_dir(&run_dir),
+            "the native run",
+        )
     });
     Native {
         version,
-        build_ms: None,
+        build_ms,
         run_ms,
-        command: Some(vec![exe.into(), file.into()]),
+        command: Some(run_argv.iter().map(OsString::from).collect()),
     }
 }
 
-/// Debian's Go, the toolchain of the guest image.
-const DEBIAN_GO: &str = "/usr/bin/go";
+/// Where a native build puts the program, inside its own directory.
+const BINARY: &str = "program";
 
-fn go(file: &Path, dir: &Path, runs: usize) -> Native {
-    let version = match capture(Command::new(DEBIAN_GO).arg("version")) {
-        Ok(v) => v,
-        Err(e) => return Native::without(None, true, format!("go not usable: {e}")),
-    };
-    let source = match std::fs::read_to_string(file) {
-        Ok(s) => s,
-        Err(e) => return Native::without(Some(version), true, format!("{}: {e}", file.display())),
-    };
-    // Like the image, whose build cache holds the standard library but never
-    // the program: one untimed build warms the cache, then every timed build
-    // gets a source of its own (a unique comment), so none is a cache hit.
-    if let Err(e) = go_build(&source, dir, "warm-up") {
-        return Native::without(Some(version), true, format!("{e:#}"));
-    }
-    let (mut n, mut binary) = (0, None);
-    let build_ms = sample(runs, || {
-        n += 1;
-        let (ms, b) = go_build(&source, dir, &format!("build-{n}"))?;
-        binary = Some(b);
-        Ok(ms)
-    });
-    let run_ms = match &binary {
-        Some(b) => sample(runs, || {
-            time_checked(&mut Command::new(b), "native go binary")
-        }),
-        None => Maybe::unavailable("no native build"),
-    };
-    Native {
-        version: Some(version),
-        build_ms: Some(build_ms),
-        run_ms,
-        command: binary.map(|b| vec![b.into()]),
-    }
-}
-
-/// Builds `source` in `dir/name` as the image's compile step does; returns
-/// the build's wall-clock time in ms and the binary.
-fn go_build(source: &str, dir: &Path, name: &str) -> anyhow::Result<(f64, PathBuf)> {
-    let nanos = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos());
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    let src = d.join("hello.go");
-    std::fs::write(&src, format!("{source}// {name} {nanos}\n"))
-        .with_context(|| format!("writing {}", src.display()))?;
-    let binary = d.join("hello");
-    // The same flags and settings as the image's compile step.
-    let mut cmd = Command::new(DEBIAN_GO);
-    cmd.args(["build", "-trimpath", "-o"])
-        .arg(&binary)
-        .arg(&src)
-        .current_dir(&d)
-        .env("GO111MODULE", "off")
-        .env("CGO_ENABLED", "0")
+/// `argv` with the recipe's environment beside the host's, stdin closed.
+fn command(argv: &[String], n: &recipe::Native) -> Command {
+    let mut cmd = Command::new(argv.first().map(String::as_str).unwrap_or_default());
+    cmd.args(argv.iter().skip(1))
+        .envs(&n.env)
         .stdin(Stdio::null());
-    let started = Instant::now();
-    let out = cmd.output().context("starting go build")?;
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    if !out.status.success() {
-        bail!(
-            "go build failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    cmd
+}
+
+struct Builder<'a> {
+    n: &'a recipe::Native,
+    build: &'a [String],
+    source: &'a str,
+    name: &'a str,
+    dir: &'a Path,
+}
+
+impl Builder<'_> {
+    /// Builds the source in `dir/<tag>` as the recipe says; returns the
+    /// build's wall-clock time in ms and its directory.
+    fn build(&self, tag: &str) -> anyhow::Result<(f64, PathBuf)> {
+        let nanos = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos());
+        let d = self.dir.join(tag);
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        let src = d.join(self.name);
+        let comment = self.n.line_comment.as_deref().unwrap_or("//");
+        std::fs::write(&src, format!("{}\n{comment} {tag} {nanos}\n", self.source))
+            .with_context(|| format!("writing {}", src.display()))?;
+        let binary = d.join(BINARY).to_string_lossy().into_owned();
+        let argv = Recipe::expand(self.build, &[self.name.to_owned()], &binary);
+        let mut cmd = command(&argv, self.n);
+        cmd.current_dir(&d);
+        let started = Instant::now();
+        let out = cmd.output().context("starting the native build")?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if !out.status.success() {
+            bail!(
+                "native build failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok((ms, d))
     }
-    Ok((ms, binary))
 }
 
 /// The flags of every sandbox: no network (like the VMs, which have no

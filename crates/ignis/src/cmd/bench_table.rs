@@ -3,7 +3,7 @@
 
 use super::bench::{BenchReport, LanguageBench};
 use super::bench_util::{Maybe, Stats};
-use super::bench_vm::{IdleMemory, MemoryBench, GROUP};
+use super::bench_vm::{IdleMemory, MemoryBench, VmSide, GROUP};
 
 /// Milliseconds as a reader wants them: no false precision above 10 ms.
 pub fn ms(v: f64) -> String {
@@ -129,6 +129,17 @@ fn rows(r: &BenchReport) -> Vec<Vec<String>> {
     rows.push(row("VM boot to ready", ls, |l| {
         ms_cell(&l.vm.booted.ready_ms)
     }));
+    let base = ls.iter().any(|l| l.vm.baseline.is_some());
+    let flat = |l: &LanguageBench, f: fn(&VmSide) -> String| {
+        l.vm.baseline.as_ref().map_or_else(|| "—".to_owned(), f)
+    };
+    if base {
+        rows.push(row(
+            "VM boot to ready, flat ext4 image (--baseline)",
+            ls,
+            |l| flat(l, |s| ms_cell(&s.ready_ms)),
+        ));
+    }
     rows.push(row("VM restore to ready (snapshot)", ls, |l| {
         ms_cell(&l.vm.restored.ready_ms)
     }));
@@ -142,10 +153,28 @@ fn rows(r: &BenchReport) -> Vec<Vec<String>> {
         rows.push(row("compile inside a restored VM", ls, |l| {
             opt(&l.vm.restored.compile_ms)
         }));
+        if base {
+            rows.push(row(
+                "compile inside a booted VM, flat ext4 image",
+                ls,
+                |l| {
+                    flat(l, |s| {
+                        s.compile_ms
+                            .as_ref()
+                            .map_or_else(|| "—".to_owned(), ms_cell)
+                    })
+                },
+            ));
+        }
     }
     rows.push(row("run inside a booted VM", ls, |l| {
         ms_cell(&l.vm.booted.run_ms)
     }));
+    if base {
+        rows.push(row("run inside a booted VM, flat ext4 image", ls, |l| {
+            flat(l, |s| ms_cell(&s.run_ms))
+        }));
+    }
     rows.push(row("run inside a restored VM (its first)", ls, |l| {
         ms_cell(&l.vm.restored.run_ms)
     }));
@@ -172,6 +201,17 @@ fn rows(r: &BenchReport) -> Vec<Vec<String>> {
     rows.push(row("gVisor, cold `runsc do` of the native run", ls, |l| {
         maybe_cell(&l.gvisor.run_ms)
     }));
+    let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
+    rows.push(row(
+        "image on disk, MiB: language layer + shared base",
+        ls,
+        |l| format!("{} + {}", mib(l.vm.layer_bytes), mib(l.vm.base_bytes)),
+    ));
+    if base {
+        rows.push(row("flat ext4 image on disk, MiB (--baseline)", ls, |l| {
+            l.vm.baseline_bytes.map_or_else(|| "—".to_owned(), mib)
+        }));
+    }
     rows.push(row("idle booted VM, PSS / RSS MiB", ls, |l| {
         memory_cell(&l.memory, |m| &m.booted)
     }));

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ignis_protocol::{File, Limits, RunRequest, Verdict};
+use ignis_vmm::image::LanguageImage;
 use ignis_vmm::report;
 use ignis_vmm::{HostMemory, Launcher, Vm};
 use serde::Serialize;
@@ -59,6 +60,16 @@ pub struct VmSide {
 pub struct VmTimings {
     pub booted: VmSide,
     pub restored: VmSide,
+    /// Booted VMs of the flat image given by `--baseline`, in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<VmSide>,
+    /// Its size on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_bytes: Option<u64>,
+    /// The current image's size on disk: its layer, and the shared base
+    /// every language's VM also reads.
+    pub layer_bytes: u64,
+    pub base_bytes: u64,
     /// Boot-to-ready over restore-to-ready, by medians.
     pub ready_speedup: Option<f64>,
     /// What the runtime in the image says of its version (shown once, by
@@ -75,8 +86,20 @@ struct Samples {
 }
 
 impl Samples {
-    fn into_side(self, origin: Origin) -> anyhow::Result<VmSide> {
-        let what = |m: &str| format!("{m} of a {} VM", origin.name());
+    /// Runs the hello world in `vm` and keeps its timings.
+    async fn measure(&mut self, vm: Vm, h: &Hello, kind: &str) -> anyhow::Result<()> {
+        self.ready.push(vm.info().ready_ms as f64);
+        let r = report::execute(vm, hello_request(h), |_| {}).await;
+        check_hello(h, kind, &r)?;
+        self.run.push(r.duration_ms as f64);
+        if let Some(c) = r.compile_ms {
+            self.compile.push(c as f64);
+        }
+        Ok(())
+    }
+
+    fn into_side(self, kind: &str) -> anyhow::Result<VmSide> {
+        let what = |m: &str| format!("{m} of a {kind} VM");
         Ok(VmSide {
             ready_ms: Stats::required(self.ready, &what("ready time"))?,
             compile_ms: Stats::of(self.compile),
@@ -85,46 +108,68 @@ impl Samples {
     }
 }
 
-/// `runs` booted and `runs` restored VMs, alternating so that whatever
-/// else the host does falls on both alike. The snapshot must exist already.
-pub async fn timings(launcher: &Launcher, h: &Hello, runs: usize) -> anyhow::Result<VmTimings> {
+/// `runs` booted and `runs` restored VMs (and, with a `baseline` flat
+/// image, `runs` booted ones of it), alternating so that whatever else the
+/// host does falls on all alike. The snapshot must exist already.
+pub async fn timings(
+    launcher: &Launcher,
+    h: &Hello,
+    baseline: Option<&LanguageImage>,
+    runs: usize,
+) -> anyhow::Result<VmTimings> {
     let (mut booted, mut restored) = (Samples::default(), Samples::default());
+    let mut flat = Samples::default();
     let mut runtime_version = String::new();
+    let language = h.language.as_str();
+    let image = launcher.catalog.language(language)?;
     for i in 1..=runs {
         for (origin, samples) in [
             (Origin::Booted, &mut booted),
             (Origin::Restored, &mut restored),
         ] {
-            eprintln!(
-                "bench: {} in a {} VM, {i}/{runs}",
-                h.language,
-                origin.name()
-            );
-            let vm = start(launcher, h.language, origin).await?;
-            samples.ready.push(vm.info().ready_ms as f64);
+            eprintln!("bench: {language} in a {} VM, {i}/{runs}", origin.name());
+            let vm = start(launcher, language, origin).await?;
             runtime_version.clone_from(&vm.info().runtime_version);
-            let r = report::execute(vm, hello_request(h), |_| {}).await;
-            check_hello(h, origin, &r)?;
-            samples.run.push(r.duration_ms as f64);
-            if let Some(c) = r.compile_ms {
-                samples.compile.push(c as f64);
-            }
+            samples.measure(vm, h, origin.name()).await?;
+        }
+        if let Some(image) = baseline {
+            eprintln!("bench: {language} in a booted VM of the baseline image, {i}/{runs}");
+            let cfg = flat_config(launcher, image);
+            let vm = Vm::start(&*launcher.driver, &cfg, ignis_vmm::Origin::Boot)
+                .await
+                .with_context(|| format!("booting the {language} baseline image"))?;
+            flat.measure(vm, h, "baseline").await?;
         }
     }
-    let booted = booted.into_side(Origin::Booted)?;
-    let restored = restored.into_side(Origin::Restored)?;
+    let booted = booted.into_side(Origin::Booted.name())?;
+    let restored = restored.into_side(Origin::Restored.name())?;
+    let baseline_side = match baseline {
+        Some(_) => Some(flat.into_side("baseline")?),
+        None => None,
+    };
     Ok(VmTimings {
         ready_speedup: speedup(&booted.ready_ms, &restored.ready_ms),
         booted,
         restored,
+        baseline: baseline_side,
+        baseline_bytes: baseline.map(|b| b.base.manifest.bytes),
+        layer_bytes: image.manifest.layer_bytes,
+        base_bytes: image.base.manifest.bytes,
         runtime_version,
     })
+}
+
+/// A VM configuration for the flat image, like the launcher's own.
+fn flat_config(launcher: &Launcher, image: &LanguageImage) -> ignis_vmm::VmConfig {
+    let mut cfg = ignis_vmm::VmConfig::new(launcher.kernel.clone(), image.clone(), &launcher.paths);
+    cfg.boot_timeout = launcher.boot_timeout;
+    cfg
 }
 
 pub fn hello_request(h: &Hello) -> RunRequest {
     RunRequest {
         files: vec![File {
-            name: h.file.to_owned(),
+            name: h.file.clone(),
             content: h.source.as_bytes().to_vec(),
         }],
         stdin: Vec::new(),
@@ -134,14 +179,14 @@ pub fn hello_request(h: &Hello) -> RunRequest {
     }
 }
 
-fn check_hello(h: &Hello, origin: Origin, r: &report::RunReport) -> anyhow::Result<()> {
+fn check_hello(h: &Hello, kind: &str, r: &report::RunReport) -> anyhow::Result<()> {
     if r.status == Verdict::Ok && r.stdout.as_bytes() == EXPECTED {
         return Ok(());
     }
     bail!(
         "{} hello world in a {} VM did not work: status {}, stdout {:?}, stderr {:?}{}",
         h.language,
-        origin.name(),
+        kind,
         r.status,
         r.stdout,
         r.stderr,

@@ -102,10 +102,7 @@ async fn doctor() -> anyhow::Result<ExitCode> {
 
     let kvm = accel::kvm_device_answers();
     line("kvm device", verdict(&kvm, |_| "/dev/kvm answers".into()));
-    let probe_image = catalog
-        .languages
-        .values()
-        .min_by_key(|l| l.manifest.rootfs_bytes);
+    let probe_image = catalog.languages.values().min_by_key(|l| l.total_bytes());
     let qemu_bin = resolve(std::path::Path::new("qemu-system-x86_64"));
     match &qemu_bin {
         Some(bin) => {

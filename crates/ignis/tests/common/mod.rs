@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ignis_protocol::{encode, GuestMessage, Limits, Ready, RunRequest, GUEST_FRAME_MAX};
 use ignis_vmm::driver::qemu::Qemu;
-use ignis_vmm::image::{Catalog, Manifest};
+use ignis_vmm::image::{BaseManifest, Catalog, LanguageImage, LAYER_FILE};
 use ignis_vmm::paths::Paths;
 use ignis_vmm::report::RunReport;
 use ignis_vmm::{BootError, Launcher, Origin, Vm, VmConfig};
@@ -158,10 +158,22 @@ impl FakeImage {
 pub const FAKE_LANGUAGE: &str = "fake";
 
 fn mkfs() -> Option<PathBuf> {
-    ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+    ["/usr/bin/mkfs.erofs", "/usr/sbin/mkfs.erofs"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
+}
+
+/// Packs `tree` into an (uncompressed) EROFS image at `out`; its size.
+fn erofs(mkfs: &Path, tree: &Path, out: &Path) -> u64 {
+    let o = Command::new(mkfs)
+        .arg("--quiet")
+        .arg(out)
+        .arg(tree)
+        .output()
+        .expect("run mkfs.erofs");
+    assert!(o.status.success(), "mkfs.erofs failed: {o:?}");
+    std::fs::metadata(out).expect("stat").len()
 }
 
 /// Builds the fake image; fails the test if the host lacks the real
@@ -170,7 +182,7 @@ pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> FakeImage {
     let real = images(&[]);
     let busybox = Path::new("/bin/busybox");
     let (Some(mkfs), true) = (mkfs(), busybox.exists()) else {
-        panic!("prerequisite missing: /bin/busybox (busybox-static) and mkfs.ext4 (e2fsprogs)");
+        panic!("prerequisite missing: /bin/busybox (busybox-static) and mkfs.erofs (erofs-utils)");
     };
     // The jail and accelerator the real launcher settled on (its probe is cached).
     let real_launcher = Launcher::new(Paths::from_env())
@@ -203,27 +215,32 @@ pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> FakeImage {
         std::fs::write(tree.join(name), bytes).expect("write extra file");
     }
 
+    // The busybox tree is the base; the layer is empty (the fake agent
+    // never stacks it), as a language without packages would be.
+    let base_dir = images.join("base");
+    std::fs::create_dir_all(&base_dir).expect("mkdir");
+    let base_id = "fake-base";
+    let base_bytes = erofs(&mkfs, &tree, &base_dir.join(format!("{base_id}.erofs")));
+    std::fs::write(
+        base_dir.join(format!("{base_id}.json")),
+        serde_json::to_vec_pretty(&BaseManifest {
+            id: base_id.into(),
+            suite: "bookworm".into(),
+            tree_key: "test".into(),
+            bytes: base_bytes,
+        })
+        .expect("json"),
+    )
+    .expect("write base manifest");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
     let lang_dir = images.join(FAKE_LANGUAGE);
     std::fs::create_dir_all(&lang_dir).expect("mkdir");
-    let rootfs = lang_dir.join("rootfs.ext4");
-    let out = Command::new(mkfs)
-        .args(["-q", "-F", "-d"])
-        .arg(&tree)
-        .arg(&rootfs)
-        .arg("16M")
-        .output()
-        .expect("run mkfs.ext4");
-    assert!(out.status.success(), "mkfs.ext4 failed: {out:?}");
-    let manifest = Manifest {
-        language: FAKE_LANGUAGE.into(),
-        version: "fake 1".into(),
-        extensions: vec!["fake".into()],
-        source_file: "main.fake".into(),
-        compiled: false,
-        vm_memory_mib: 128,
-        rootfs_bytes: std::fs::metadata(&rootfs).expect("stat").len(),
-        key: "test".into(),
-    };
+    let layer_bytes = erofs(&mkfs, &empty, &lang_dir.join(LAYER_FILE));
+    let mut manifest = LanguageImage::fake(&images, FAKE_LANGUAGE, 128).manifest;
+    manifest.version = "fake 1".into();
+    manifest.base = base_id.into();
+    manifest.layer_bytes = layer_bytes;
     std::fs::write(
         lang_dir.join("manifest.json"),
         serde_json::to_vec_pretty(&manifest).expect("json"),

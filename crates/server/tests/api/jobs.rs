@@ -1,6 +1,34 @@
-//! Jobs end to end through the API: both languages, and isolation between keys.
+//! Jobs end to end through the API: every recipe's language, and isolation
+//! between keys.
 
 use super::*;
+
+/// Every language a recipe defines runs its own hello world through the API,
+/// all submitted at once; a compiled language reports its compile step.
+#[tokio::test]
+async fn every_recipes_hello_world_runs_through_the_api() {
+    let app = spawn_app(Opts::default()).await;
+    let api = &app.api;
+    let runs = common::recipes().into_iter().map(|r| async move {
+        // Followed through its events: a slow compiler (tsc, rustc) under
+        // TCG, queued behind the others, may outlast `?wait`.
+        let job = api
+            .submit(&json!({"language": r.name, "code": r.conformance.hello}))
+            .await;
+        (r, api.wait(&id_of(&job)).await)
+    });
+    for (recipe, job) in futures::future::join_all(runs).await {
+        let r = &job["result"];
+        assert_eq!(r["status"], "ok", "{}: {job}", recipe.name);
+        assert_eq!(r["stdout"], "hello, world\n", "{}: {job}", recipe.name);
+        assert_eq!(
+            r["compile_ms"].is_u64(),
+            recipe.compile.is_some(),
+            "{}: a compile step is reported for compiled languages only: {job}",
+            recipe.name
+        );
+    }
+}
 
 #[tokio::test]
 async fn a_python_job_runs_end_to_end() {
@@ -85,7 +113,14 @@ async fn a_python_job_runs_end_to_end() {
     let langs = api.languages().await;
     let langs = langs.as_array().expect("languages");
     let catalog = &app.pools().launcher().catalog;
-    for name in ["python", "go"] {
+    let recipes = common::recipes();
+    assert_eq!(
+        langs.len(),
+        recipes.len(),
+        "one language per recipe: {langs:?}"
+    );
+    for recipe in &recipes {
+        let name = recipe.name.as_str();
         let l = langs
             .iter()
             .find(|l| l["name"] == name)
@@ -93,7 +128,7 @@ async fn a_python_job_runs_end_to_end() {
         let manifest = &catalog.languages[name].manifest;
         assert_eq!(l["version"], manifest.version.as_str());
         assert!(!manifest.version.is_empty());
-        assert_eq!(l["compiled"], name == "go");
+        assert_eq!(l["compiled"], recipe.compile.is_some(), "{name}");
         assert_eq!(l["pool"]["target"], 1);
     }
 

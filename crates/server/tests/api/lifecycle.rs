@@ -309,10 +309,8 @@ async fn shutdown_while_the_pools_boot_leaves_no_vm() {
     )
     .await;
     assert_eq!(health["status"], "ok");
-    let booting: usize = ["python", "go"]
-        .iter()
-        .map(|l| app.pools().sizes(l).1)
-        .sum();
+    let languages: Vec<String> = common::recipes().into_iter().map(|r| r.name).collect();
+    let booting: usize = languages.iter().map(|l| app.pools().sizes(l).1).sum();
     assert!(booting > 0, "the warm pools are booting");
     // A jailed VMM becomes `qemu` only once its jail is set up and it
     // execs: look until one has (ready or still booting, it is a VM).
@@ -331,7 +329,7 @@ async fn shutdown_while_the_pools_boot_leaves_no_vm() {
     }
     let svc = app.svc.clone();
     app.shutdown().await;
-    for l in ["python", "go"] {
+    for l in &languages {
         assert_eq!(
             svc.pools.as_ref().expect("pools").sizes(l),
             (0, 0),

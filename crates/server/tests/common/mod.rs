@@ -62,8 +62,22 @@ impl Default for Opts {
     }
 }
 
-/// The real images must be installed: a test that needs them fails, with
-/// the reason, when they are not.
+/// Every language recipe in the repository (`images/languages`): the tests
+/// take their languages from these, not from a list of their own.
+pub fn recipes() -> Vec<ignis_protocol::Recipe> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/languages");
+    let files = ignis_vmm::image::build::recipe_files(&dir)
+        .unwrap_or_else(|e| panic!("reading the recipes in {}: {e}", dir.display()));
+    let recipes: Vec<_> = files
+        .iter()
+        .map(|f| ignis_vmm::image::build::read_recipe(f).expect("every recipe reads"))
+        .collect();
+    assert!(!recipes.is_empty(), "no recipe in {}", dir.display());
+    recipes
+}
+
+/// The real images must be installed, one per recipe: a test that needs
+/// them fails, with the reason, when they are not.
 pub fn require_images() {
     let dir = Paths::from_env().images();
     let catalog = Catalog::discover(&dir);
@@ -73,8 +87,9 @@ pub fn require_images() {
             dir.display()
         );
     }
-    for lang in ["python", "go"] {
-        if let Err(e) = catalog.language(lang) {
+    for recipe in recipes() {
+        let lang = recipe.name;
+        if let Err(e) = catalog.language(&lang) {
             panic!(
                 "prerequisite missing: no {lang} image in {} ({e}); run scripts/setup",
                 dir.display()

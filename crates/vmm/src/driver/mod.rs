@@ -63,8 +63,9 @@ pub struct MachineSpec<'a> {
     /// The per-VM directory: empty, private to this VM, removed after it.
     pub dir: &'a Path,
     pub kernel: &'a Path,
-    /// The language image, attached read-only.
-    pub rootfs: &'a Path,
+    /// The image drives, attached read-only in this order: the base (the
+    /// guest's root) first, then the layers the agent stacks above it.
+    pub drives: &'a [PathBuf],
     pub memory_mib: u64,
     pub guest: &'a GuestParams,
 }
@@ -206,4 +207,16 @@ impl DriverError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, DriverError::Spawn { .. } | DriverError::Io { .. })
     }
+}
+
+/// The kernel command-line word that names the drives after the root (vdb,
+/// vdc, ...) for the agent to stack over it; none with the root alone.
+pub fn layers_arg(drives: usize) -> Option<String> {
+    if drives < 2 {
+        return None;
+    }
+    let names: Vec<String> = (1..drives)
+        .map(|i| format!("vd{}", (b'a' + (i % 26) as u8) as char))
+        .collect();
+    Some(format!("ignis.layers={}", names.join(",")))
 }

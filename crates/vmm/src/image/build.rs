@@ -1,24 +1,34 @@
-//! Builds one language image from its recipe: Debian bookworm (debootstrap
-//! minbase plus the recipe's packages), the agent as `/sbin/ignis-agent`, the
-//! recipe as `/etc/ignis/recipe.json`, packed read-only into ext4.
+//! Builds the images from recipes: one shared Debian base (bookworm
+//! minbase, the runner user, the agent as `/sbin/ignis-agent`) and, per
+//! language, a thin layer with the recipe's packages and
+//! `/etc/ignis/recipe.json`. Both are packed into read-only,
+//! LZ4-compressed EROFS without documentation, translations or package
+//! manager state (see `pack`); a VM stacks the layer over the base.
 //!
-//! Two caches make a second run cheap: the debootstrap tree is keyed by what
-//! goes into it (suite, packages, prepare lines), and the final image by the
-//! tree, the recipe and the agent binary. Nothing is rebuilt that did not
-//! change; an agent change costs one `mkfs.ext4` (seconds), not a debootstrap.
+//! Caches make a second run cheap. Trees are keyed by what goes into them:
+//! the base tree by the suite and how it is set up, a layer tree by the
+//! base tree, its packages and prepare lines. Images are keyed by their
+//! tree and what is written into them (the agent for the base, the recipe
+//! for a layer). An agent change repacks the base alone (seconds); a new
+//! language installs its packages over the cached base tree, never running
+//! a second debootstrap.
+//!
+//! A build that fails leaves every image as it was: new files are written
+//! beside the old ones and renamed over them last.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use ignis_protocol::Recipe;
 use sha2::{Digest, Sha256};
 
-use super::Manifest;
+use super::pack::{self, Kind};
+use super::tree;
+use super::{BaseImage, BaseManifest, Manifest, BASE_DIR, LAYER_FILE, RESERVED};
 
 /// Bumped when the way trees are made changes, to invalidate caches.
-const BUILDER_VERSION: &str = "2";
-const SUITE: &str = "bookworm";
+const BUILDER_VERSION: &str = "3";
+pub const SUITE: &str = "bookworm";
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -49,6 +59,8 @@ pub enum Built {
     Fresh(Manifest),
 }
 
+/// Reads and checks a recipe: its syntax, every required field, and that
+/// its name is the file's.
 pub fn read_recipe(path: &Path) -> Result<Recipe, BuildError> {
     let err = |msg: String| BuildError::Recipe {
         path: path.to_path_buf(),
@@ -63,11 +75,26 @@ pub fn read_recipe(path: &Path) -> Result<Recipe, BuildError> {
             recipe.name
         )));
     }
-    if recipe.run.is_empty() || recipe.version.is_empty() || recipe.extensions.is_empty() {
-        return Err(err("run, version and extensions must not be empty".into()));
+    if RESERVED.contains(&recipe.name.as_str()) {
+        return Err(err(format!("{:?} is a reserved name", recipe.name)));
+    }
+    let problems = recipe.problems();
+    if !problems.is_empty() {
+        return Err(err(problems.join("; ")));
     }
     ignis_protocol::validate_file_name(&recipe.source_file).map_err(|e| err(e.to_string()))?;
     Ok(recipe)
+}
+
+/// Every recipe file (`*.toml`) in `dir`, sorted by name.
+pub fn recipe_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 fn hash(parts: &[&[u8]]) -> String {
@@ -93,6 +120,9 @@ pub trait BuildHost {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealHost;
 
+/// Lines of a failed command's output kept in its error.
+const ERROR_LINES: usize = 15;
+
 impl BuildHost for RealHost {
     fn exec(&self, cmd: &mut Command, what: &str) -> Result<String, BuildError> {
         let out = cmd.output().map_err(|e| BuildError::Command {
@@ -102,75 +132,138 @@ impl BuildHost for RealHost {
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         if !out.status.success() {
+            let lines: Vec<&str> = text.trim().lines().collect();
+            let tail = lines[lines.len().saturating_sub(ERROR_LINES)..].join("\n");
             return Err(BuildError::Command {
                 what: what.into(),
-                detail: format!("{}: {}", out.status, text.trim()),
+                detail: format!("{}: {tail}", out.status),
             });
         }
         Ok(text)
     }
 }
 
-pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<Built, BuildError> {
-    build_on(&RealHost, recipe, opts)
-}
-
-pub fn build_on(
-    host: &dyn BuildHost,
-    recipe: &Recipe,
-    opts: &BuildOptions,
-) -> Result<Built, BuildError> {
+/// The base image every layer is stacked on: built (or found up to date)
+/// from the cached base tree and the agent.
+pub fn build_base(host: &dyn BuildHost, opts: &BuildOptions) -> Result<BaseImage, BuildError> {
     let agent = std::fs::read(&opts.agent).map_err(|source| BuildError::Agent {
         path: opts.agent.clone(),
         source,
     })?;
+    let tree_key = base_tree_key();
+    let key = hash(&[
+        tree_key.as_bytes(),
+        &agent,
+        Kind::Base.fingerprint().as_bytes(),
+    ]);
+    let id = format!("{SUITE}-{key}");
+    let dir = opts.images_dir.join(BASE_DIR);
+    let path = dir.join(format!("{id}.erofs"));
+    let json = dir.join(format!("{id}.json"));
+    if let Some(manifest) = std::fs::read(&json)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<BaseManifest>(&b).ok())
+    {
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == manifest.bytes) {
+            return Ok(BaseImage { path, manifest });
+        }
+    }
+    let tree = base_tree(opts, &tree_key);
+    if !tree::marker(&tree).exists() {
+        tree::make_base(host, &tree, opts)?;
+    }
+    let agent_path = tree.join("sbin/ignis-agent");
+    std::fs::write(&agent_path, &agent)?;
+    tree::set_mode(&agent_path, 0o755)?;
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("image base: packing {id}");
+    let tmp = dir.join(format!(".{id}.erofs.tmp"));
+    let bytes = pack::pack(host, &tree, &tmp, Kind::Base)?;
+    std::fs::rename(&tmp, &path)?;
+    let manifest = BaseManifest {
+        id,
+        suite: SUITE.into(),
+        tree_key,
+        bytes,
+    };
+    write_json(&json, &manifest)?;
+    Ok(BaseImage { path, manifest })
+}
+
+fn base_tree_key() -> String {
+    hash(&[BUILDER_VERSION.as_bytes(), SUITE.as_bytes()])
+}
+
+fn base_tree(opts: &BuildOptions, tree_key: &str) -> PathBuf {
+    opts.cache_dir
+        .join("trees")
+        .join(format!("base-{SUITE}-{tree_key}"))
+}
+
+pub fn build(recipe: &Recipe, base: &BaseImage, opts: &BuildOptions) -> Result<Built, BuildError> {
+    build_on(&RealHost, recipe, base, opts)
+}
+
+/// Builds the layer of `recipe` over `base`, unless it is up to date.
+pub fn build_on(
+    host: &dyn BuildHost,
+    recipe: &Recipe,
+    base: &BaseImage,
+    opts: &BuildOptions,
+) -> Result<Built, BuildError> {
     let recipe_json = serde_json::to_vec_pretty(recipe).map_err(std::io::Error::other)?;
+    let kind = Kind::Layer {
+        compiled: recipe.compile.is_some(),
+    };
     let tree_key = hash(&[
         BUILDER_VERSION.as_bytes(),
-        SUITE.as_bytes(),
+        base.manifest.tree_key.as_bytes(),
         recipe.packages.join(",").as_bytes(),
         recipe.prepare.join("\n").as_bytes(),
     ]);
-    let key = hash(&[tree_key.as_bytes(), &recipe_json, &agent]);
+    let key = hash(&[
+        tree_key.as_bytes(),
+        &recipe_json,
+        kind.fingerprint().as_bytes(),
+    ]);
     let out_dir = opts.images_dir.join(&recipe.name);
-    if let Some(m) = current_manifest(&out_dir) {
+    if let Some(mut m) = current_manifest(&out_dir) {
         if m.key == key {
+            // Same layer; a new base of the same tree (a new agent) only
+            // changes which base the manifest names.
+            if m.base != base.manifest.id {
+                m.base = base.manifest.id.clone();
+                write_json(&out_dir.join("manifest.json"), &m)?;
+            }
             return Ok(Built::UpToDate(m));
         }
     }
 
-    let tree = opts
+    let base_tree = base_tree(opts, &base.manifest.tree_key);
+    let layer = opts
         .cache_dir
         .join("trees")
         .join(format!("{}-{tree_key}", recipe.name));
-    // The marker sits beside the tree, not in it, so it never reaches the image.
-    if !tree.with_extension("complete").exists() {
-        make_tree(host, recipe, &tree, opts)?;
+    if !tree::marker(&layer).exists() {
+        tree::make_layer(host, recipe, &base_tree, &layer, opts)?;
     }
-    std::fs::create_dir_all(tree.join("etc/ignis"))?;
-    std::fs::write(tree.join("etc/ignis/recipe.json"), &recipe_json)?;
-    let agent_path = tree.join("sbin/ignis-agent");
-    std::fs::write(&agent_path, &agent)?;
-    set_mode(&agent_path, 0o755)?;
-    let version = chroot_output(host, &tree, &recipe.version)?
-        .trim()
-        .to_string();
+    std::fs::create_dir_all(layer.join("etc/ignis"))?;
+    std::fs::write(layer.join("etc/ignis/recipe.json"), &recipe_json)?;
+    // The version as a guest will see it: the layer over the base. A
+    // version command that fails fails the build.
+    let scratch = layer.with_extension("mnt");
+    let version = tree::with_overlay(host, &[&layer, &base_tree], None, &scratch, |root| {
+        tree::with_system_mounts(host, root, None, || {
+            tree::chroot(host, root, &recipe.version)
+        })
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let version = ignis_protocol::version_line(&version?);
 
     std::fs::create_dir_all(&out_dir)?;
-    let tmp = out_dir.join("rootfs.ext4.tmp");
-    let size_mib = tree_bytes(host, &tree)? * 115 / 100 / (1024 * 1024) + 64;
-    host.exec(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-O", "^has_journal", "-L"])
-            .arg(format!("ignis-{}", recipe.name))
-            .arg("-d")
-            .arg(&tree)
-            .arg(&tmp)
-            .arg(format!("{size_mib}M")),
-        "mkfs.ext4",
-    )?;
-    let rootfs_bytes = std::fs::metadata(&tmp)?.len();
-    std::fs::rename(&tmp, out_dir.join("rootfs.ext4"))?;
+    eprintln!("image {}: packing its layer", recipe.name);
+    let tmp = out_dir.join(format!(".{LAYER_FILE}.tmp"));
+    let layer_bytes = pack::pack(host, &layer, &tmp, kind)?;
     let manifest = Manifest {
         language: recipe.name.clone(),
         version,
@@ -178,173 +271,64 @@ pub fn build_on(
         source_file: recipe.source_file.clone(),
         compiled: recipe.compile.is_some(),
         vm_memory_mib: recipe.vm_memory_mib,
-        rootfs_bytes,
+        base: base.manifest.id.clone(),
+        layer_bytes,
         key,
+        recipe_sha256: format!("{:x}", Sha256::digest(&recipe_json)),
+        recipe: recipe.clone(),
     };
-    let mtmp = out_dir.join("manifest.json.tmp");
-    std::fs::write(
-        &mtmp,
-        serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(&mtmp, out_dir.join("manifest.json"))?;
+    std::fs::rename(&tmp, out_dir.join(LAYER_FILE))?;
+    write_json(&out_dir.join("manifest.json"), &manifest)?;
     Ok(Built::Fresh(manifest))
+}
+
+/// Removes bases that no language's manifest names any more, except `keep`.
+/// Returns the ids removed.
+pub fn prune_bases(images_dir: &Path, keep: &str) -> std::io::Result<Vec<String>> {
+    let mut used = vec![keep.to_owned()];
+    for e in std::fs::read_dir(images_dir)?.flatten() {
+        if let Some(m) = current_manifest(&e.path()) {
+            used.push(m.base);
+        }
+    }
+    let mut removed = Vec::new();
+    let dir = images_dir.join(BASE_DIR);
+    for e in std::fs::read_dir(&dir)?.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = file.strip_suffix(".json") else {
+            continue;
+        };
+        if !used.iter().any(|u| u == id) {
+            std::fs::remove_file(dir.join(format!("{id}.erofs"))).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })?;
+            std::fs::remove_file(e.path())?;
+            removed.push(id.to_owned());
+        }
+    }
+    Ok(removed)
 }
 
 fn current_manifest(dir: &Path) -> Option<Manifest> {
     let m: Manifest =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
-    let len = std::fs::metadata(dir.join("rootfs.ext4")).ok()?.len();
-    (len == m.rootfs_bytes).then_some(m)
+    let len = std::fs::metadata(dir.join(LAYER_FILE)).ok()?.len();
+    (len == m.layer_bytes).then_some(m)
 }
 
-fn make_tree(
-    host: &dyn BuildHost,
-    recipe: &Recipe,
-    tree: &Path,
-    opts: &BuildOptions,
-) -> Result<(), BuildError> {
-    let tmp = tree.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    let debs = opts.cache_dir.join("debs");
-    std::fs::create_dir_all(&debs)?;
-    let log = opts
-        .cache_dir
-        .join(format!("debootstrap-{}.log", recipe.name));
-    eprintln!(
-        "image {}: debootstrap {SUITE} with {} (a few minutes; log in {})",
-        recipe.name,
-        recipe.packages.join(" "),
-        log.display()
-    );
-    let mut cmd = Command::new("debootstrap");
-    cmd.args(["--variant=minbase", "--merged-usr"])
-        .arg(format!("--cache-dir={}", debs.display()));
-    if !recipe.packages.is_empty() {
-        cmd.arg(format!("--include={}", recipe.packages.join(",")));
-    }
-    cmd.arg(SUITE).arg(&tmp).arg(&opts.mirror);
-    cmd.stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::options().append(true).open(&log)?);
-    host.exec(&mut cmd, "debootstrap")?;
-
-    // The unprivileged user every program runs as, and the mount points the
-    // agent needs on a read-only root.
-    append(
-        &tmp.join("etc/passwd"),
-        "runner:x:1000:1000:ignis runner:/home/runner:/usr/sbin/nologin\n",
+/// Writes `value` as JSON beside `path` and renames it into place.
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), BuildError> {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
     )?;
-    append(&tmp.join("etc/group"), "runner:x:1000:\n")?;
-    for d in ["home/runner", "overlay", "sys/fs/cgroup"] {
-        std::fs::create_dir_all(tmp.join(d))?;
-    }
-    for line in &recipe.prepare {
-        eprintln!(
-            "image {}: prepare: {}",
-            recipe.name,
-            line.trim().lines().next().unwrap_or("")
-        );
-        with_mounts(host, &tmp, || {
-            chroot_output(host, &tmp, &["/bin/sh".into(), "-c".into(), line.clone()]).map(drop)
-        })?;
-    }
-    // Nothing in the guest reads these; leaving them out shrinks the image.
-    for d in [
-        "usr/share/doc",
-        "usr/share/man",
-        "usr/share/info",
-        "usr/share/locale",
-        "var/lib/apt/lists",
-        "var/cache/apt",
-        "var/log",
-    ] {
-        let p = tmp.join(d);
-        if p.exists() {
-            std::fs::remove_dir_all(&p)?;
-            std::fs::create_dir_all(&p)?;
-        }
-    }
-    if tree.exists() {
-        std::fs::remove_dir_all(tree)?;
-    }
-    std::fs::rename(&tmp, tree)?;
-    std::fs::write(tree.with_extension("complete"), b"")?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
-}
-
-/// Mounts /proc and /dev into the tree for `f`, and unmounts them whatever happens.
-fn with_mounts<T>(
-    host: &dyn BuildHost,
-    tree: &Path,
-    f: impl FnOnce() -> Result<T, BuildError>,
-) -> Result<T, BuildError> {
-    let proc_dir = tree.join("proc");
-    let dev_dir = tree.join("dev");
-    host.exec(
-        Command::new("mount")
-            .args(["-t", "proc", "proc"])
-            .arg(&proc_dir),
-        "mount proc",
-    )?;
-    if let Err(e) = host.exec(
-        Command::new("mount")
-            .arg("--bind")
-            .arg("/dev")
-            .arg(&dev_dir),
-        "mount dev",
-    ) {
-        let _ = host.exec(Command::new("umount").arg(&proc_dir), "umount proc");
-        return Err(e);
-    }
-    let result = f();
-    let _ = host.exec(Command::new("umount").arg("-l").arg(&dev_dir), "umount dev");
-    let _ = host.exec(
-        Command::new("umount").arg("-l").arg(&proc_dir),
-        "umount proc",
-    );
-    result
-}
-
-fn chroot_output(host: &dyn BuildHost, tree: &Path, argv: &[String]) -> Result<String, BuildError> {
-    host.exec(
-        Command::new("chroot")
-            .arg(tree)
-            .args(argv)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("HOME", "/root")
-            .stdin(Stdio::null()),
-        &format!("chroot {argv:?}"),
-    )
-}
-
-fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    if text.lines().any(|l| Some(l) == line.lines().next()) {
-        return Ok(());
-    }
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)?
-        .write_all(line.as_bytes())
-}
-
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-fn tree_bytes(host: &dyn BuildHost, tree: &Path) -> Result<u64, BuildError> {
-    let out = host.exec(Command::new("du").arg("-sb").arg(tree), "du")?;
-    out.split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| BuildError::Command {
-            what: "du".into(),
-            detail: format!("no size in {out:?}"),
-        })
 }
 
 #[cfg(test)]

@@ -124,10 +124,12 @@ impl Jail {
     /// Starts `/bin/true` in a jail like a VMM's, and waits for it.
     async fn trial(&self, runtime: &Path) -> io::Result<()> {
         // Several launchers of one process (parallel tests, a server and
-        // its bench) may try at once: each trial needs a directory of its own.
+        // its bench) may try at once: each trial needs a directory and a
+        // cgroup of its own (removing a cgroup kills what is in it).
         static TRIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = TRIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = runtime.join(format!("jail-trial-{}-{n}", std::process::id()));
+        let id = format!("trial-{n}");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let r = async {
@@ -135,7 +137,7 @@ impl Jail {
             let spawned = spawn(
                 &Containment::Jailed(Arc::new(self.clone())),
                 Spawn {
-                    id: "trial",
+                    id: &id,
                     root: &dir.join("root"),
                     program,
                     args: &[],

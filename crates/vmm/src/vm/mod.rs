@@ -100,6 +100,9 @@ pub struct VmInfo {
     pub runtime_version: String,
     /// The language compiles before it runs (the host allows for it).
     pub compiled: bool,
+    /// The least time its compile step gets (the recipe's), in ms; 0 if
+    /// it names none.
+    pub compile_timeout_ms: u64,
 }
 
 /// Something that happens during a run, as it happens.
@@ -200,10 +203,11 @@ impl Vm {
                 tsc_khz: host_tsc_khz(),
             },
         };
+        let drives = cfg.image.drives();
         let spec = MachineSpec {
             dir: &dir.0,
             kernel: &cfg.kernel.path,
-            rootfs: &cfg.image.rootfs,
+            drives: &drives,
             memory_mib: cfg.image.manifest.vm_memory_mib,
             guest: &guest,
         };
@@ -283,6 +287,14 @@ impl Vm {
                 language: cfg.image.name().to_owned(),
                 runtime_version,
                 compiled: cfg.image.manifest.compiled,
+                compile_timeout_ms: cfg
+                    .image
+                    .manifest
+                    .recipe
+                    .compile
+                    .as_ref()
+                    .and_then(|c| c.timeout_ms)
+                    .unwrap_or(0),
             },
             machine,
             conn,
@@ -390,13 +402,16 @@ impl Vm {
     /// considered hung. `on_event` sees phases and output as they arrive.
     pub async fn run(
         &mut self,
-        req: RunRequest,
+        mut req: RunRequest,
         deadline: Duration,
         mut on_event: impl FnMut(RunEvent),
     ) -> Result<Execution, RunError> {
         if self.state != VmState::Ready {
             return Err(RunError::NotReady(self.state));
         }
+        // The language's own floor (see `report::host_deadline`).
+        let l = &mut req.limits;
+        l.compile_timeout_ms = l.compile_timeout_ms.max(self.info.compile_timeout_ms);
         self.state = VmState::Running;
         let cap = req.limits.max_output_kib.saturating_mul(1024) as usize;
         let (conn, machine) = (&mut self.conn, &mut self.machine);

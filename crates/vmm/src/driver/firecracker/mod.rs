@@ -33,7 +33,7 @@ use crate::jail::{self, Containment, VmmProcess};
 use api::{CallError, Client};
 
 /// Bumped when what Ignis configures changes (devices, their settings).
-const LAYOUT: u32 = 1;
+const LAYOUT: u32 = 2;
 /// The device-state file in a snapshot directory.
 pub const STATE_FILE: &str = "vmstate";
 const GUEST_CID: u32 = 3;
@@ -101,12 +101,13 @@ impl Firecracker {
         let mut mounts = vec![
             jail::Mount::ro(&self.binary),
             jail::Mount::ro(spec.kernel),
-            jail::Mount::ro(spec.rootfs),
             jail::Mount::rw(spec.dir),
             jail::Mount::Device("/dev/kvm".into()),
             jail::Mount::Device("/dev/null".into()),
             jail::Mount::Device("/dev/urandom".into()),
         ];
+        // Every image drive: the base and each layer above it.
+        mounts.extend(spec.drives.iter().map(jail::Mount::ro));
         mounts.extend(extra);
         let dir_name = spec.dir.file_name().unwrap_or_default().to_string_lossy();
         let id = dir_name.trim_start_matches("vm-");
@@ -157,14 +158,15 @@ impl Firecracker {
     }
 }
 
-/// The kernel command line of a Firecracker guest.
-pub fn boot_args(guest: &GuestParams) -> String {
+/// The kernel command line of a Firecracker guest with `drives` image
+/// drives (the root first).
+pub fn boot_args(guest: &GuestParams, drives: usize) -> String {
     [
         "console=ttyS0",
         "quiet",
+        // No rootfstype: the kernel finds the root's file system itself.
         "root=/dev/vda",
         "ro",
-        "rootfstype=ext4",
         "init=/sbin/ignis-agent",
         "panic=-1",
         "reboot=k",
@@ -176,6 +178,7 @@ pub fn boot_args(guest: &GuestParams) -> String {
         format!("ignis.time={}", guest.unix_time),
         format!("ignis.vm={}", guest.vm_id),
     ])
+    .chain(super::layers_arg(drives))
     .collect::<Vec<_>>()
     .join(" ")
 }
@@ -185,22 +188,22 @@ pub fn boot_args(guest: &GuestParams) -> String {
 #[derive(Debug, Clone)]
 pub struct Call {
     pub method: Method,
-    pub path: &'static str,
+    pub path: String,
     pub body: serde_json::Value,
 }
 
 impl Call {
-    fn new(method: Method, path: &'static str, body: impl serde::Serialize) -> Call {
+    fn new(method: Method, path: impl Into<String>, body: impl serde::Serialize) -> Call {
         Call {
             method,
-            path,
+            path: path.into(),
             // Serializing these plain structs cannot fail.
             body: serde_json::to_value(body).unwrap_or_default(),
         }
     }
 
     async fn send(&self, api: &mut Client) -> Result<(), DriverError> {
-        api.call(self.method.clone(), self.path, &self.body)
+        api.call(self.method.clone(), &self.path, &self.body)
             .await
             .map_err(refused)
     }
@@ -212,7 +215,26 @@ fn path_string(p: &Path) -> String {
 
 /// The calls that configure and boot a VM, in order.
 pub fn boot_calls(spec: &MachineSpec<'_>, vsock: &Path) -> Vec<Call> {
-    vec![
+    // The root drive is the guest's vda; the others follow in order (vdb,
+    // ...), as `boot_args` names them to the agent.
+    let drives = spec.drives.iter().enumerate().map(|(i, path)| {
+        let id = if i == 0 {
+            "root".to_owned()
+        } else {
+            format!("layer{i}")
+        };
+        Call::new(
+            Method::PUT,
+            format!("/drives/{id}"),
+            api::Drive {
+                drive_id: id,
+                path_on_host: path_string(path),
+                is_root_device: i == 0,
+                is_read_only: true,
+            },
+        )
+    });
+    let mut calls = vec![
         Call::new(
             Method::PUT,
             "/machine-config",
@@ -227,19 +249,12 @@ pub fn boot_calls(spec: &MachineSpec<'_>, vsock: &Path) -> Vec<Call> {
             "/boot-source",
             api::BootSource {
                 kernel_image_path: path_string(spec.kernel),
-                boot_args: Some(boot_args(spec.guest)),
+                boot_args: Some(boot_args(spec.guest, spec.drives.len())),
             },
         ),
-        Call::new(
-            Method::PUT,
-            "/drives/root",
-            api::Drive {
-                drive_id: "root".into(),
-                path_on_host: path_string(spec.rootfs),
-                is_root_device: true,
-                is_read_only: true,
-            },
-        ),
+    ];
+    calls.extend(drives);
+    calls.extend([
         Call::new(
             Method::PUT,
             "/vsock",
@@ -265,7 +280,8 @@ pub fn boot_calls(spec: &MachineSpec<'_>, vsock: &Path) -> Vec<Call> {
                 action_type: api::ActionType::InstanceStart,
             },
         ),
-    ]
+    ]);
+    calls
 }
 
 /// The call that loads a snapshot and resumes it, its vsock moved here.

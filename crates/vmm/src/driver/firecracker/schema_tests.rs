@@ -18,10 +18,14 @@ fn every_call() -> Vec<Call> {
         unix_time: 1_800_000_000,
         tsc_khz: None,
     };
+    let drives = [
+        std::path::PathBuf::from("/var/lib/ignis/images/base/bookworm-1.erofs"),
+        std::path::PathBuf::from("/var/lib/ignis/images/python/layer.erofs"),
+    ];
     let spec = MachineSpec {
         dir: Path::new("/run/ignis/vm-0123456789ab"),
         kernel: Path::new("/var/lib/ignis/images/kernel/vmlinux"),
-        rootfs: Path::new("/var/lib/ignis/images/python/rootfs.ext4"),
+        drives: &drives,
         memory_mib: 512,
         guest: &guest,
     };
@@ -115,13 +119,17 @@ fn every_call_matches_firecrackers_api_description() {
     let doc = schema();
     let mut errors = Vec::new();
     let calls = every_call();
-    assert_eq!(calls.len(), 10, "boot (7), restore (1), snapshot (2)");
+    assert_eq!(
+        calls.len(),
+        11,
+        "boot (8: two drives), restore (1), snapshot (2)"
+    );
     for c in &calls {
         // "/drives/root" is an instance of "/drives/{drive_id}".
         let template = if c.path.starts_with("/drives/") {
             "/drives/{drive_id}"
         } else {
-            c.path
+            c.path.as_str()
         };
         let method = c.method.as_str().to_ascii_lowercase();
         let op = &doc["paths"][template][method.as_str()];
@@ -170,29 +178,38 @@ fn the_checker_catches_what_firecracker_would_refuse() {
 #[test]
 fn a_boot_configures_before_it_starts_and_a_guest_dials_vsock() {
     let calls = every_call();
-    let paths: Vec<&str> = calls.iter().map(|c| c.path).collect();
+    let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(
-        paths[..7],
+        paths[..8],
         [
             "/machine-config",
             "/boot-source",
             "/drives/root",
+            "/drives/layer1",
             "/vsock",
             "/balloon",
             "/entropy",
             "/actions"
         ]
     );
-    assert_eq!(calls[6].body["action_type"], "InstanceStart");
+    assert_eq!(calls[7].body["action_type"], "InstanceStart");
     assert_eq!(calls[2].body["is_read_only"], true);
+    assert_eq!(calls[2].body["is_root_device"], true);
+    assert_eq!(calls[3].body["is_read_only"], true);
+    assert_eq!(calls[3].body["is_root_device"], false);
+    assert_eq!(
+        calls[3].body["path_on_host"],
+        "/var/lib/ignis/images/python/layer.erofs"
+    );
     let args = calls[1].body["boot_args"].as_str().expect("boot args");
     assert!(
         args.contains("ignis.channel=vsock") && args.contains("ignis.vm=0123456789ab"),
         "{args}"
     );
-    assert_eq!(calls[7].body["mem_backend"]["backend_type"], "File");
+    assert!(args.contains("ignis.layers=vdb"), "{args}");
+    assert_eq!(calls[8].body["mem_backend"]["backend_type"], "File");
     assert_eq!(
-        calls[7].body["vsock_override"]["uds_path"],
+        calls[8].body["vsock_override"]["uds_path"],
         "/run/ignis/vm-0123456789ab/v.sock"
     );
 }

@@ -31,13 +31,15 @@ fn opt_path(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
-pub fn kernel_cmdline(guest: &GuestParams, accel: Accel) -> String {
+pub fn kernel_cmdline(guest: &GuestParams, accel: Accel, drives: usize) -> String {
     let mut words = vec![
         "console=ttyS0".to_string(),
         "quiet".into(),
+        // No rootfstype: the kernel finds the root's file system itself
+        // (EROFS images, and the flat ext4 ones `ignis bench --baseline`
+        // compares against).
         "root=/dev/vda".into(),
         "ro".into(),
-        "rootfstype=ext4".into(),
         "init=/sbin/ignis-agent".into(),
         // A panic, or the agent's deliberate reboot, ends the VM at once
         // (QEMU runs with -no-reboot).
@@ -47,6 +49,8 @@ pub fn kernel_cmdline(guest: &GuestParams, accel: Accel) -> String {
         format!("ignis.time={}", guest.unix_time),
         format!("ignis.vm={}", guest.vm_id),
     ];
+    // The drives after the root, which the agent stacks over it.
+    words.extend(crate::driver::layers_arg(drives));
     if accel == Accel::Tcg {
         // Without these, about one TCG boot in ten hangs calibrating the TSC.
         if let Some(khz) = guest.tsc_khz {
@@ -104,14 +108,20 @@ pub fn qemu_args(a: &QemuArgs<'_>) -> Vec<OsString> {
         "-kernel".into(),
         spec.kernel.to_string_lossy().into_owned(),
         "-append".into(),
-        kernel_cmdline(spec.guest, a.accel),
-        "-drive".into(),
-        format!(
-            "id=root,file={},format=raw,if=none,readonly=on",
-            opt_path(spec.rootfs)
-        ),
-        "-device".into(),
-        "virtio-blk-device,drive=root".into(),
+        kernel_cmdline(spec.guest, a.accel, spec.drives.len()),
+    ]);
+    for (i, drive) in spec.drives.iter().enumerate() {
+        args.extend([
+            "-drive".into(),
+            format!(
+                "id=disk{i},file={},format=raw,if=none,readonly=on",
+                opt_path(drive)
+            ),
+            "-device".into(),
+            format!("virtio-blk-device,drive=disk{i}"),
+        ]);
+    }
+    args.extend([
         "-device".into(),
         "virtio-rng-device".into(),
         // Pages the guest frees go back to the host while it runs.
@@ -146,6 +156,7 @@ pub fn qemu_args(a: &QemuArgs<'_>) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn guest() -> GuestParams {
         GuestParams {
@@ -157,10 +168,14 @@ mod tests {
 
     fn line(accel: Accel, mode: Mode<'_>, qmp: Option<&Path>) -> String {
         let g = guest();
+        let drives = [
+            PathBuf::from("/images/base/bookworm-1.erofs"),
+            PathBuf::from("/images/we,ird/layer.erofs"),
+        ];
         let spec = MachineSpec {
             dir: Path::new("/run/ignis/vm-1"),
             kernel: Path::new("/k/vmlinux"),
-            rootfs: Path::new("/images/we,ird/rootfs.ext4"),
+            drives: &drives,
             memory_mib: 512,
             guest: &g,
         };
@@ -205,7 +220,19 @@ mod tests {
     #[test]
     fn commas_in_paths_are_escaped() {
         let l = line(Accel::Tcg, Mode::Boot(GuestMemory::Anonymous), None);
-        assert!(l.contains("file=/images/we,,ird/rootfs.ext4,format=raw"));
+        assert!(l.contains("file=/images/we,,ird/layer.erofs,format=raw"));
+    }
+
+    #[test]
+    fn the_base_is_the_root_and_the_layer_is_named_to_the_agent() {
+        let l = line(Accel::Tcg, Mode::Boot(GuestMemory::Anonymous), None);
+        let base =
+            l.find("id=disk0,file=/images/base/bookworm-1.erofs,format=raw,if=none,readonly=on");
+        let layer =
+            l.find("id=disk1,file=/images/we,,ird/layer.erofs,format=raw,if=none,readonly=on");
+        assert!(base.is_some() && layer.is_some() && base < layer, "{l}");
+        assert!(l.contains("root=/dev/vda ro"), "{l}");
+        assert!(l.contains("ignis.layers=vdb"), "{l}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub use args::{kernel_cmdline, qemu_args, Mode, QemuArgs};
 
 /// Bumped whenever the machine layout (devices, their order or options)
 /// changes: a snapshot only restores into the layout it was saved from.
-const LAYOUT: u32 = 1;
+const LAYOUT: u32 = 2;
 
 /// Name of the device-state file QEMU writes into a snapshot directory.
 pub const STATE_FILE: &str = "state";
@@ -133,10 +133,11 @@ impl Qemu {
         let mut mounts = jail::system_mounts();
         mounts.extend([
             jail::Mount::ro(spec.kernel),
-            jail::Mount::ro(spec.rootfs),
             // The VM's own directory (its sockets), not the jail inside it.
             jail::Mount::rw(spec.dir),
         ]);
+        // Every image drive: the base and each layer above it.
+        mounts.extend(spec.drives.iter().map(jail::Mount::ro));
         mounts.extend(memory_file.map(jail::Mount::rw));
         if self.accel == Accel::Kvm {
             mounts.push(jail::Mount::Device("/dev/kvm".into()));

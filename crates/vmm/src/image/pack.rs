@@ -1,0 +1,166 @@
+//! Packing a tree into a read-only, LZ4-compressed EROFS image, leaving out
+//! what no program in the guest ever reads.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::build::{BuildError, BuildHost};
+
+/// mkfs.erofs options every image is made with: LZ4HC at its highest level
+/// in 64 KiB physical clusters (a better ratio than 4 KiB, and files are
+/// mostly read whole), tails packed inline.
+const MKFS_OPTIONS: [&str; 3] = ["-zlz4hc,12", "-C65536", "-Eztailpacking"];
+
+/// Left out of every image, base or layer (regular expressions on paths
+/// relative to the tree's root): documentation, manuals, translations,
+/// package manager state and caches, logs, scratch space.
+const COMMON: [&str; 10] = [
+    "^usr/share/(doc|doc-base|man|info|locale|lintian|linda|bug|menu|bash-completion|zsh|fish|common-licenses|gtk-doc|help)(/|$)",
+    "^var/lib/(apt|dpkg|ucf)(/|$)",
+    "^var/cache/(apt|debconf|ldconfig|man)(/|$)",
+    "^var/log/.",
+    "^var/tmp/.",
+    "^tmp/.",
+    "^root/.",
+    "^etc/(apt|dpkg)(/|$)",
+    "^usr/sbin/policy-rc\\.d$",
+    "^(run|var/run)/.",
+];
+
+/// Left out of the base only: the package manager and what only it uses.
+/// Layers are built from the base tree, which keeps them.
+const BASE_ONLY: [&str; 6] = [
+    "^usr/bin/(apt|apt-.*|dpkg|dpkg-.*|debconf|debconf-.*|perl|perl5.*|update-alternatives)$",
+    "^usr/(lib|share)/(apt|dpkg|debconf|perl5|perl)(/|$)",
+    "^usr/lib/x86_64-linux-gnu/(perl-base|perl)(/|$)",
+    "^usr/lib/x86_64-linux-gnu/libapt-(pkg|private)\\.so",
+    "^usr/sbin/(dpkg-.*|update-passwd)$",
+    "^usr/share/(perl5|keyrings|debian-archive-keyring)(/|$)",
+];
+
+/// Left out of layers of languages without a compile step: headers and
+/// static libraries, which only a compiler reads.
+const NOT_COMPILED: [&str; 2] = ["^usr/include(/|$)", "^usr/lib/.*\\.a$"];
+
+/// Which set of exclusions an image gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Base,
+    Layer { compiled: bool },
+}
+
+impl Kind {
+    pub fn excludes(self) -> Vec<&'static str> {
+        let mut out: Vec<&str> = COMMON.to_vec();
+        match self {
+            Kind::Base => out.extend(BASE_ONLY),
+            Kind::Layer { compiled: false } => out.extend(NOT_COMPILED),
+            Kind::Layer { compiled: true } => {}
+        }
+        out
+    }
+
+    /// Everything about packing that changes the image, for cache keys.
+    pub fn fingerprint(self) -> String {
+        format!("{MKFS_OPTIONS:?} {:?}", self.excludes())
+    }
+}
+
+/// Packs `tree` into `out` (replaced if it exists). Returns its size.
+pub fn pack(host: &dyn BuildHost, tree: &Path, out: &Path, kind: Kind) -> Result<u64, BuildError> {
+    if out.exists() {
+        std::fs::remove_file(out)?;
+    }
+    let mut cmd = Command::new("mkfs.erofs");
+    cmd.arg("--quiet").args(MKFS_OPTIONS);
+    for x in kind.excludes() {
+        cmd.arg(format!("--exclude-regex={x}"));
+    }
+    cmd.arg(out).arg(tree);
+    host.exec(&mut cmd, "mkfs.erofs")?;
+    Ok(std::fs::metadata(out)?.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::build::RealHost;
+
+    /// Packs a tree holding `paths` (as files) with the real mkfs.erofs and
+    /// extracts it again; returns which of them survived.
+    fn kept(kind: Kind, paths: &[&str]) -> Vec<String> {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let tree = tmp.path().join("tree");
+        for p in paths {
+            let f = tree.join(p);
+            std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&f, p.as_bytes()).expect("write");
+        }
+        let image = tmp.path().join("image.erofs");
+        pack(&RealHost, &tree, &image, kind)
+            .expect("mkfs.erofs (erofs-utils; scripts/setup installs it)");
+        let out = tmp.path().join("out");
+        let st = Command::new("fsck.erofs")
+            .arg(format!("--extract={}", out.display()))
+            .arg(&image)
+            .output()
+            .expect("fsck.erofs (erofs-utils)");
+        assert!(st.status.success(), "{st:?}");
+        paths
+            .iter()
+            .filter(|p| out.join(p).is_file())
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    const EVERYWHERE_OUT: [&str; 8] = [
+        "usr/share/doc/python3/copyright",
+        "usr/share/man/man1/ls.1.gz",
+        "usr/share/locale/de/LC_MESSAGES/coreutils.mo",
+        "var/lib/dpkg/status",
+        "var/lib/apt/lists/x_Packages",
+        "var/cache/apt/pkgcache.bin",
+        "var/log/dpkg.log",
+        "tmp/leftover",
+    ];
+    const EVERYWHERE_IN: [&str; 4] = [
+        "usr/lib/locale/C.utf8/LC_CTYPE",
+        "usr/bin/python3",
+        "usr/share/zoneinfo/UTC",
+        "etc/passwd",
+    ];
+
+    #[test]
+    fn docs_and_package_state_are_left_out_everywhere() {
+        for kind in [Kind::Base, Kind::Layer { compiled: true }] {
+            let all: Vec<&str> = EVERYWHERE_OUT
+                .iter()
+                .chain(&EVERYWHERE_IN)
+                .copied()
+                .collect();
+            assert_eq!(kept(kind, &all), EVERYWHERE_IN, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_base_drops_the_package_manager_and_compilers_keep_headers() {
+        let base = [
+            "usr/bin/apt-get",
+            "usr/bin/dpkg",
+            "usr/bin/perl",
+            "usr/lib/x86_64-linux-gnu/perl-base/strict.pm",
+            "usr/bin/bash",
+        ];
+        assert_eq!(kept(Kind::Base, &base), ["usr/bin/bash"]);
+        let dev = [
+            "usr/include/stdio.h",
+            "usr/lib/x86_64-linux-gnu/libc.a",
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+        ];
+        assert_eq!(
+            kept(Kind::Layer { compiled: false }, &dev),
+            ["usr/lib/x86_64-linux-gnu/libc.so.6"]
+        );
+        assert_eq!(kept(Kind::Layer { compiled: true }, &dev), dev);
+    }
+}
