@@ -22,6 +22,9 @@ pub struct LanguageInfo {
     pub version: String,
     pub extensions: Vec<String>,
     pub compiled: bool,
+    /// The recipe's own compile timeout (0: the request's alone decides).
+    #[serde(default)]
+    pub compile_timeout_ms: u64,
     /// The file `code` becomes.
     pub source_file: String,
     /// The guest's memory, which bounds a job's memory limit.
@@ -122,6 +125,12 @@ impl LocalFleet {
                         version: m.version.clone(),
                         extensions: m.extensions.clone(),
                         compiled: m.compiled,
+                        compile_timeout_ms: m
+                            .recipe
+                            .compile
+                            .as_ref()
+                            .and_then(|c| c.timeout_ms)
+                            .unwrap_or(0),
                         source_file: m.source_file.clone(),
                         vm_memory_mib: m.vm_memory_mib,
                         ready,

@@ -107,11 +107,14 @@ pub const HOST_GRACE: Duration = Duration::from_secs(30);
 /// limits, the compile step if the language has one (at least as long as
 /// its recipe asks: `Vm::run` raises the request's to that), and grace.
 pub fn host_deadline(req: &RunRequest, vm: &VmInfo) -> Duration {
-    let compile = if vm.compiled {
-        req.limits.compile_timeout_ms.max(vm.compile_timeout_ms)
-    } else {
-        0
-    };
+    run_deadline(req, vm.compiled.then_some(vm.compile_timeout_ms))
+}
+
+/// [`host_deadline`] before there is a VM: `recipe_compile_ms` is the
+/// recipe's own compile timeout (0 when it sets none), `None` for a
+/// language without a compile step.
+pub fn run_deadline(req: &RunRequest, recipe_compile_ms: Option<u64>) -> Duration {
+    let compile = recipe_compile_ms.map_or(0, |r| req.limits.compile_timeout_ms.max(r));
     Duration::from_millis(req.limits.timeout_ms.saturating_add(compile)) + HOST_GRACE
 }
 

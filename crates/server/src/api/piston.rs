@@ -389,8 +389,8 @@ async fn execute(
     let owner = caller.owner.clone();
     // Piston answers only once the run ended: hold on for as long as the
     // job may run once started, and at least the server's usual wait.
-    let limit =
-        ignis_vmm::report::host_deadline(&new.request, info.compiled).max(svc.config.wait_max);
+    let compile = info.compiled.then_some(info.compile_timeout_ms);
+    let limit = ignis_vmm::report::run_deadline(&new.request, compile).max(svc.config.wait_max);
     let submitted = service::submit(svc, caller.owner, max_queued, new, true).await?;
     let id = submitted.job.id;
     match service::wait_at_most(svc, submitted, limit).await? {
