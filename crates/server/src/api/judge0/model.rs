@@ -88,6 +88,18 @@ pub const LANGUAGES: &[LangId] = &[
         id: 46,
         also: &[],
     },
+    LangId {
+        ignis: "php",
+        label: "PHP",
+        id: 68,
+        also: &[98],
+    },
+    LangId {
+        ignis: "typescript",
+        label: "TypeScript",
+        id: 74,
+        also: &[94, 101],
+    },
 ];
 
 pub fn by_ignis(name: &str) -> Option<&'static LangId> {
