@@ -239,7 +239,8 @@ impl Cluster {
             let images = self.dir.path().join(format!("images-w{n}"));
             std::fs::create_dir_all(&images).expect("image dir");
             let real = ignis_vmm::paths::Paths::from_env().images();
-            for name in only.iter().chain(&["kernel"]) {
+            // The kernel, and the shared base every language's layer needs.
+            for name in only.iter().chain(&["kernel", "base"]) {
                 std::os::unix::fs::symlink(real.join(name), images.join(name)).expect("symlink");
             }
             env.push(("IGNIS_IMAGE_DIR", images));
