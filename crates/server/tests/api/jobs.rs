@@ -11,9 +11,15 @@ async fn every_recipes_hello_world_runs_through_the_api() {
     let api = &app.api;
     let runs = common::recipes().into_iter().map(|r| async move {
         // Followed through its events: a slow compiler (tsc, rustc) under
-        // TCG, queued behind the others, may outlast `?wait`.
+        // TCG, queued behind the others, may outlast `?wait`. The longest
+        // limit the server allows: Node.js alone needs 2.5 s of CPU for a
+        // hello world under TCG, and several times that on a busy host.
         let job = api
-            .submit(&json!({"language": r.name, "code": r.conformance.hello}))
+            .submit(&json!({
+                "language": r.name,
+                "code": r.conformance.hello,
+                "limits": {"timeout_ms": 60_000},
+            }))
             .await;
         (r, api.wait(&id_of(&job)).await)
     });
