@@ -102,7 +102,9 @@ impl Launcher {
             let jail = Jail::new(&paths.home, &paths.runtime()).await?;
             let reaped = jail.reap_stale();
             if reaped > 0 {
-                tracing::warn!("killed the VMMs of {reaped} VMs a dead Ignis process left");
+                tracing::warn!(
+                    "removed the cgroups of {reaped} VMs a dead Ignis process left, killing any VMM still in them"
+                );
             }
             Containment::Jailed(Arc::new(jail))
         } else {

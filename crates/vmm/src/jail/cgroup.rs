@@ -215,14 +215,14 @@ fn kill_all(dir: &Path) {
 }
 
 /// Kills and removes what dead owners left under `<hierarchy>/<instance_rel>`:
-/// every `<owner>/vm-*` whose owner is not `alive`. Returns how many VM
-/// cgroups were cleaned.
+/// every `<owner>/vm-*` whose owner is not `alive`. Returns how many VMs'
+/// cgroups were cleaned (a VM counts once, whatever the hierarchies).
 pub fn reap_dead_owners(
     layout: &Layout,
     instance_rel: &Path,
     alive: impl Fn(&str) -> bool,
 ) -> usize {
-    let mut cleaned = 0;
+    let mut cleaned = std::collections::BTreeSet::new();
     for base in layout.dirs(instance_rel) {
         for owner in std::fs::read_dir(&base).into_iter().flatten().flatten() {
             let name = owner.file_name().to_string_lossy().into_owned();
@@ -237,14 +237,14 @@ pub fn reap_dead_owners(
                 if vm.path().is_dir() {
                     kill_all(&vm.path());
                     if std::fs::remove_dir(vm.path()).is_ok() {
-                        cleaned += 1;
+                        cleaned.insert((name.clone(), vm.file_name()));
                     }
                 }
             }
             let _ = std::fs::remove_dir(owner.path());
         }
     }
-    cleaned
+    cleaned.len()
 }
 
 #[cfg(test)]
