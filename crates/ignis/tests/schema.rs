@@ -36,7 +36,7 @@ fn every_operation_answers_as_its_openapi_document_says() {
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             "--phases",
-            "examples,coverage,fuzzing",
+            "examples,coverage,fuzzing,stateful",
             "--max-examples",
             &examples,
             "--seed",
