@@ -232,16 +232,11 @@ fn read_hostile<T: serde::de::DeserializeOwned + std::fmt::Debug>(
             input.len()
         ));
     }
-    match (claimed, res) {
-        (Some(len), Err(FrameError::TooLarge { len: l, max: m })) if len > max => {
-            if (l, m) != (len, max) {
-                return Err(format!("TooLarge says {l}/{m}, the prefix {len}/{max}"));
-            }
+    if let Some(len) = claimed.filter(|&len| len > max) {
+        match res {
+            Err(FrameError::TooLarge { len: l, max: m }) if (l, m) == (len, max) => {}
+            other => return Err(format!("a prefix of {len} over {max} gave {other:?}")),
         }
-        (Some(len), res) if len > max => {
-            return Err(format!("a prefix of {len} over {max} gave {res:?}"));
-        }
-        _ => {}
     }
     Ok(())
 }
