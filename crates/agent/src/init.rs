@@ -90,6 +90,7 @@ pub fn setup() -> io::Result<()> {
     )?;
     crate::cgroup::init_root()?;
     set_identity_from_cmdline();
+    restrict_kernel_info();
     if let Err(e) = sys::loopback_up() {
         crate::log(&format!("loopback stays down: {e}"));
     }
@@ -139,6 +140,17 @@ fn set_identity_from_cmdline() {
     let id = param("ignis.vm").unwrap_or_default();
     if let Err(e) = set_hostname_for(&id) {
         crate::log(&format!("cannot set the host name: {e}"));
+    }
+}
+
+/// Programs run unprivileged but could otherwise read the kernel's log
+/// (`/dev/kmsg`, the host's command line for this VM among it) and kernel
+/// addresses: nothing a judged program needs.
+fn restrict_kernel_info() {
+    for (knob, value) in [("dmesg_restrict", "1"), ("kptr_restrict", "2")] {
+        if let Err(e) = std::fs::write(format!("/proc/sys/kernel/{knob}"), value) {
+            crate::log(&format!("cannot set kernel.{knob}: {e}"));
+        }
     }
 }
 

@@ -284,3 +284,7 @@ mod tests {
         assert_eq!(recover_running(2, 2), D::Exhaust);
     }
 }
+
+#[cfg(test)]
+#[path = "job_props.rs"]
+mod props;

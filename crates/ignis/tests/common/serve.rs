@@ -114,6 +114,11 @@ impl Serve {
         };
         (serve, key)
     }
+
+    /// The server's process id, to read its memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Serve {

@@ -291,3 +291,7 @@ mod tests {
         .is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "parsed_props.rs"]
+mod props;

@@ -119,6 +119,19 @@ async fn the_openapi_document_describes_the_api() {
     assert!(paths["/v1/jobs/{id}"]["delete"].is_object());
     assert!(doc["components"]["schemas"]["JobView"].is_object());
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    // What every keyed operation can answer is documented, with the type
+    // problems really have (tests/schema.rs checks this against the server).
+    let get = &paths["/v1/jobs/{id}"]["get"]["responses"];
+    for status in ["400", "401", "404", "429", "503"] {
+        assert!(
+            get[status]["content"][PROBLEM_JSON].is_object(),
+            "{status}: {get}"
+        );
+    }
+    assert_eq!(
+        paths["/v1/jobs/{id}"]["get"]["parameters"][0]["schema"]["format"],
+        "uuid"
+    );
 }
 
 #[tokio::test]
