@@ -36,6 +36,7 @@ macro_rules! conformance_tests {
             cancel_semantics,
             discard_only_what_no_worker_saw,
             in_status_lists_oldest_first,
+            outputs_are_exact_bytes_and_listings_skip_them,
             keys_round_trip);
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_claims_have_one_winner() {
@@ -491,4 +492,37 @@ pub(crate) async fn keys_round_trip(s: &dyn JobStore) {
         ),
         "unique hash"
     );
+}
+
+/// What a program printed comes back byte for byte (control bytes, bytes
+/// that are not UTF-8, NUL), from `get`; a listing leaves outputs unread.
+pub(crate) async fn outputs_are_exact_bytes_and_listings_skip_them(s: &dyn JobStore) {
+    let j = job("alice", "python");
+    s.insert(&j).await.unwrap();
+    start(s, j.id, t(1)).await;
+    let mut r = report();
+    r.stdout = [vec![0x01; 64 * 1024], vec![0xff, 0xfe, 0x00, b'\n']].concat();
+    r.stderr = "é\u{0}".as_bytes().to_vec();
+    s.complete(j.id, 1, &r, Timings::default(), t(2))
+        .await
+        .unwrap();
+    let got = s.get("alice", j.id).await.unwrap().unwrap();
+    assert_eq!(got.result.as_ref(), Some(&r));
+    assert_eq!(
+        s.get_any(j.id).await.unwrap().unwrap().result,
+        Some(r.clone())
+    );
+    let listed = s.list("alice", &q(10)).await.unwrap();
+    let listed = listed[0].result.as_ref().expect("a listed result");
+    assert_eq!(
+        (listed.status, listed.stdout.len(), listed.stderr.len()),
+        (Verdict::Ok, 0, 0),
+        "a listing reads no outputs"
+    );
+    // A job inserted with its result keeps the bytes too.
+    let mut done = job("alice", "python");
+    done.status = JobStatus::Completed;
+    done.result = Some(r.clone());
+    s.insert(&done).await.unwrap();
+    assert_eq!(s.get("alice", done.id).await.unwrap(), Some(done));
 }

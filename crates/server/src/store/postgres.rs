@@ -17,7 +17,9 @@ use ignis_vmm::RunReport;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use super::{ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult};
+use super::{
+    result_parts, with_outputs, ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult,
+};
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
 /// Schema steps, applied in order and recorded in `schema_migrations`.
@@ -53,6 +55,13 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE jobs ADD COLUMN compat TEXT;
 ",
+    // Outputs as bytes beside the result's JSON, rather than JSON-escaped
+    // inside it (a control byte took six). Earlier rows keep theirs in the
+    // JSON, where `with_outputs` still finds them: moving them here would
+    // need Postgres to decode `\u0000`, which its JSON refuses.
+    "
+    ALTER TABLE jobs ADD COLUMN stdout BYTEA, ADD COLUMN stderr BYTEA;
+",
 ];
 
 /// Taken while migrating, so processes starting together migrate once.
@@ -62,7 +71,12 @@ const MIGRATION_LOCK: i64 = 0x1915_0001;
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 const JOB_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, timings, \
-                           created_at, started_at, finished_at, attempts, compat";
+                           created_at, started_at, finished_at, attempts, compat, stdout, stderr";
+/// [`JOB_COLUMNS`] without the outputs, for listings: a page of jobs never
+/// reads what they printed.
+const SUMMARY_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, \
+                               timings, created_at, started_at, finished_at, attempts, compat, \
+                               NULL::BYTEA, NULL::BYTEA";
 
 /// The PostgreSQL implementation of [`JobStore`]. Cloning shares the pool.
 #[derive(Clone)]
@@ -114,7 +128,10 @@ fn job_of(r: &Row) -> StoreResult<Job> {
             .ok_or_else(|| StoreError::Backend(format!("job {id}: status {status:?}")))?,
         request: unjson(id, "request", r.get(4))?,
         webhook_url: r.get(5),
-        result: text(6).map(|s| unjson(id, "result", &s)).transpose()?,
+        result: text(6)
+            .map(|s| unjson(id, "result", &s))
+            .transpose()?
+            .map(|res| with_outputs(res, r.get(13), r.get(14))),
         timings: text(7).map(|s| unjson(id, "timings", &s)).transpose()?,
         created_at: r.get(8),
         started_at: r.get(9),
@@ -301,7 +318,10 @@ async fn locked<T>(
 impl JobStore for PostgresStore {
     async fn insert(&self, job: &Job) -> StoreResult<()> {
         let request = json("request", &job.request)?;
-        let result = job.result.as_ref().map(|r| json("result", r)).transpose()?;
+        let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
+            Some((r, out, err)) => (Some(r), Some(out), Some(err)),
+            None => (None, None, None),
+        };
         let timings = job
             .timings
             .as_ref()
@@ -311,7 +331,7 @@ impl JobStore for PostgresStore {
         self.with("insert", async |c| {
             let sql = format!(
                 "INSERT INTO jobs ({JOB_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
             );
             c.execute(
                 &sql,
@@ -329,6 +349,8 @@ impl JobStore for PostgresStore {
                     &job.finished_at,
                     &attempts,
                     &job.compat,
+                    &stdout,
+                    &stderr,
                 ],
             )
             .await
@@ -353,7 +375,7 @@ impl JobStore for PostgresStore {
         let limit = i64::from(q.limit);
         self.with("list", async |c| {
             let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = $1 \
+                "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE owner = $1 \
                  AND ($2::TEXT IS NULL OR status = $2) \
                  AND ($3::TEXT IS NULL OR language = $3) \
                  AND ($4::UUID IS NULL OR id < $4) \
@@ -422,7 +444,7 @@ impl JobStore for PostgresStore {
         timings: Timings,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let result = json("result", result)?;
+        let (result, stdout, stderr) = result_parts(result)?;
         let timings = json("timings", &timings)?;
         self.with("complete", async |c| {
             locked(c, id, None, async |tx, job| {
@@ -432,9 +454,9 @@ impl JobStore for PostgresStore {
                         current: job.attempts,
                     });
                 }
-                let set = ", result = $3, timings = $4, finished_at = $5";
-                let t = Transition::Complete;
-                apply(tx, &job, t, set, &[&result, &timings, &at]).await
+                let set = ", result = $3, timings = $4, finished_at = $5, stdout = $6, stderr = $7";
+                let args: [&(dyn ToSql + Sync); 5] = [&result, &timings, &at, &stdout, &stderr];
+                apply(tx, &job, Transition::Complete, set, &args).await
             })
             .await
         })
