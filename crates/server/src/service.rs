@@ -229,9 +229,33 @@ pub async fn finish(svc: &Services, id: JobId) {
             return;
         }
     };
+    // A final event says how the job ended; a stored status that is not
+    // final would be a lie in it (and in the webhook).
+    if !job.status.is_final() {
+        tracing::error!(job = %id, status = job.status.as_str(), "not ended; no final event");
+        return;
+    }
     let view = crate::api::view::job_json(&job);
     svc.bus.finish(id, JobEvent::Result { job: view.clone() });
     if let Some(url) = &job.webhook_url {
+        if let Ok(body) = serde_json::to_vec(&view) {
+            svc.webhooks.deliver(url.clone(), body);
+        }
+    }
+}
+
+/// Publishes the end of a job whose result could not be stored, from what
+/// the worker knows: `completed` as `internal_error` saying `why`, never
+/// the `running` that the store still holds.
+pub fn finish_unstored(svc: &Services, job: &Job, why: String) {
+    let mut ended = job.clone();
+    ended.status = JobStatus::Completed;
+    ended.finished_at = Some(Utc::now());
+    ended.result = Some(ignis_vmm::RunReport::internal_error(why, None));
+    let view = crate::api::view::job_json(&ended);
+    svc.bus
+        .finish(job.id, JobEvent::Result { job: view.clone() });
+    if let Some(url) = &ended.webhook_url {
         if let Ok(body) = serde_json::to_vec(&view) {
             svc.webhooks.deliver(url.clone(), body);
         }
