@@ -251,3 +251,50 @@ async fn a_captured_delivery_cannot_be_replayed_later() {
         Err(VerifyError::BadSignature)
     );
 }
+
+/// A delivery recorded by a process that stopped before sending it is sent
+/// by the next one at start-up, signed, and its record cleared.
+#[tokio::test]
+async fn pending_deliveries_survive_a_restart() {
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::JobStore;
+
+    let (url, mut rx) = receiver(vec![200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ignis.db");
+    let job = uuid::Uuid::now_v7();
+    let body = br#"{"status":"completed"}"#;
+    {
+        // The process that ended the job, and stopped before delivering.
+        let before = SqliteStore::open(&db).unwrap();
+        before.webhook_pending(job, &url, body).await.unwrap();
+    }
+    let mut cfg = crate::config::ServerConfig::new(dir.path().to_path_buf());
+    cfg.allow_private_webhooks = true;
+    let store = Arc::new(SqliteStore::open(&db).unwrap());
+    let launcher =
+        crate::test_kit::fake_launcher(dir.path(), ignis_vmm::driver::fake::FakeDriver::default());
+    let svc = crate::embedded::assemble(cfg, launcher, store.clone(), b"s".to_vec());
+    crate::service::resume_webhooks(&svc).await.unwrap();
+
+    let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("delivered within the hang guard")
+        .expect("a delivery");
+    assert_eq!(got.body, body);
+    let ts = got.header("x-ignis-timestamp").expect("timestamp");
+    let sig = got.header("x-ignis-signature").expect("signature");
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(
+        verify(b"s", ts, sig, body, now, TIMESTAMP_TOLERANCE),
+        Ok(())
+    );
+    // The record goes once the delivery is over.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !store.webhooks_pending().await.unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the record cleared within the hang guard");
+}

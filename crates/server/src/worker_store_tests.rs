@@ -110,6 +110,15 @@ impl JobStore for Flaky {
     async fn in_status(&self, status: JobStatus) -> StoreResult<Vec<(JobId, String, u32)>> {
         self.inner.in_status(status).await
     }
+    async fn webhook_pending(&self, id: JobId, url: &str, body: &[u8]) -> StoreResult<()> {
+        self.inner.webhook_pending(id, url, body).await
+    }
+    async fn webhook_done(&self, id: JobId) -> StoreResult<()> {
+        self.inner.webhook_done(id).await
+    }
+    async fn webhooks_pending(&self) -> StoreResult<Vec<crate::store::PendingWebhook>> {
+        self.inner.webhooks_pending().await
+    }
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()> {
         self.inner.create_key(key, secret_hash).await
     }

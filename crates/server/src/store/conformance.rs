@@ -11,7 +11,7 @@ use ignis_protocol::{File, Limits, RunRequest, Verdict};
 use ignis_vmm::RunReport;
 use uuid::Uuid;
 
-use super::{ApiKey, Claimed, JobStore, ListQuery, StoreError};
+use super::{ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError};
 use crate::job::{Job, JobStatus, Timings, EXHAUSTED_MESSAGE};
 
 /// Two handles on one fresh database (two connections, so compare-and-set
@@ -37,6 +37,7 @@ macro_rules! conformance_tests {
             discard_only_what_no_worker_saw,
             in_status_lists_oldest_first,
             outputs_are_exact_bytes_and_listings_skip_them,
+            pending_webhooks_are_kept_until_done,
             keys_round_trip);
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_claims_have_one_winner() {
@@ -525,4 +526,35 @@ pub(crate) async fn outputs_are_exact_bytes_and_listings_skip_them(s: &dyn JobSt
     done.result = Some(r.clone());
     s.insert(&done).await.unwrap();
     assert_eq!(s.get("alice", done.id).await.unwrap(), Some(done));
+}
+
+pub(crate) async fn pending_webhooks_are_kept_until_done(s: &dyn JobStore) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    s.webhook_pending(a, "https://a.example/hook", b"{\"x\":1}")
+        .await
+        .unwrap();
+    s.webhook_pending(b, "https://b.example/hook", &[0, 0xff])
+        .await
+        .unwrap();
+    // Recorded again (a second end published): one delivery, the latest.
+    s.webhook_pending(a, "https://a.example/hook", b"{\"x\":2}")
+        .await
+        .unwrap();
+    let pending = s.webhooks_pending().await.unwrap();
+    let mut jobs: Vec<Uuid> = pending.iter().map(|p| p.job).collect();
+    jobs.sort();
+    assert_eq!(jobs, vec![a, b]);
+    assert!(pending.contains(&PendingWebhook {
+        job: a,
+        url: "https://a.example/hook".into(),
+        body: b"{\"x\":2}".to_vec(),
+    }));
+    s.webhook_done(a).await.unwrap();
+    s.webhook_done(a).await.unwrap();
+    let left = s.webhooks_pending().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].job, left[0].body.as_slice()),
+        (b, &[0u8, 0xff][..])
+    );
 }

@@ -105,6 +105,14 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// A webhook delivery not yet over ([`JobStore::webhooks_pending`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWebhook {
+    pub job: JobId,
+    pub url: String,
+    pub body: Vec<u8>,
+}
+
 /// What claiming a delivered job did (see [`crate::job::ClaimDecision`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claimed {
@@ -166,6 +174,14 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
+
+    /// Records the webhook delivery of job `id`'s end (replacing one it
+    /// had), so that a restart delivers it if this process does not.
+    async fn webhook_pending(&self, id: JobId, url: &str, body: &[u8]) -> StoreResult<()>;
+    /// The delivery of job `id` is over (delivered, or given up).
+    async fn webhook_done(&self, id: JobId) -> StoreResult<()>;
+    /// Deliveries recorded and not over, oldest first: `(job, url, body)`.
+    async fn webhooks_pending(&self) -> StoreResult<Vec<PendingWebhook>>;
 
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;

@@ -15,10 +15,10 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use ignis_vmm::RunReport;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::NoTls;
 
 use super::{
-    result_parts, with_outputs, ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult,
+    result_parts, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError, StoreResult,
 };
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
@@ -62,6 +62,15 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE jobs ADD COLUMN stdout BYTEA, ADD COLUMN stderr BYTEA;
 ",
+    // Webhook deliveries not yet over, so that a restart sends them.
+    "
+    CREATE TABLE webhooks (
+        job_id     UUID PRIMARY KEY,
+        url        TEXT NOT NULL,
+        body       BYTEA NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+",
 ];
 
 /// Taken while migrating, so processes starting together migrate once.
@@ -92,54 +101,9 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// Sorts a driver error into retryable (the server is away) and fatal.
-fn pg(what: &str, e: tokio_postgres::Error) -> StoreError {
-    match e.code() {
-        // The server answered: the statement itself was refused.
-        Some(code) if !code.code().starts_with("08") && !code.code().starts_with("57P") => {
-            StoreError::Backend(format!("{what}: {e}"))
-        }
-        _ => StoreError::Unavailable(format!("{what}: {e}")),
-    }
-}
-
-fn json<T: serde::Serialize>(what: &str, v: &T) -> StoreResult<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encoding {what}: {e}")))
-}
-
-fn unjson<T: serde::de::DeserializeOwned>(id: JobId, what: &str, s: &str) -> StoreResult<T> {
-    serde_json::from_str(s)
-        .map_err(|e| StoreError::Backend(format!("job {id} in database: decoding {what}: {e}")))
-}
-
-fn u32_of(what: &str, n: i32) -> StoreResult<u32> {
-    u32::try_from(n).map_err(|_| StoreError::Backend(format!("{what} {n} out of range")))
-}
-
-fn job_of(r: &Row) -> StoreResult<Job> {
-    let id: JobId = r.get(0);
-    let status: String = r.get(3);
-    let text = |i: usize| r.get::<_, Option<String>>(i);
-    Ok(Job {
-        id,
-        owner: r.get(1),
-        language: r.get(2),
-        status: JobStatus::parse(&status)
-            .ok_or_else(|| StoreError::Backend(format!("job {id}: status {status:?}")))?,
-        request: unjson(id, "request", r.get(4))?,
-        webhook_url: r.get(5),
-        result: text(6)
-            .map(|s| unjson(id, "result", &s))
-            .transpose()?
-            .map(|res| with_outputs(res, r.get(13), r.get(14))),
-        timings: text(7).map(|s| unjson(id, "timings", &s)).transpose()?,
-        created_at: r.get(8),
-        started_at: r.get(9),
-        finished_at: r.get(10),
-        attempts: u32_of("attempts", r.get(11))?,
-        compat: r.get(12),
-    })
-}
+#[path = "postgres_decode.rs"]
+mod decode;
+use decode::{job_of, json, pg, u32_of};
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`) and brings the
@@ -523,6 +487,48 @@ impl JobStore for PostgresStore {
                 .await
                 .map_err(|e| pg("ping", e))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_pending(&self, id: JobId, url: &str, body: &[u8]) -> StoreResult<()> {
+        self.with("webhook_pending", async |c| {
+            let sql = "INSERT INTO webhooks (job_id, url, body) VALUES ($1, $2, $3) \
+                       ON CONFLICT (job_id) DO UPDATE SET url = $2, body = $3, created_at = now()";
+            let args: [&(dyn ToSql + Sync); 3] = [&id, &url, &body];
+            c.execute(sql, &args)
+                .await
+                .map_err(|e| pg("recording a webhook", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_done(&self, id: JobId) -> StoreResult<()> {
+        self.with("webhook_done", async |c| {
+            c.execute("DELETE FROM webhooks WHERE job_id = $1", &[&id])
+                .await
+                .map_err(|e| pg("clearing a webhook", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhooks_pending(&self) -> StoreResult<Vec<PendingWebhook>> {
+        self.with("webhooks_pending", async |c| {
+            let sql = "SELECT job_id, url, body FROM webhooks ORDER BY created_at, job_id";
+            let rows = c
+                .query(sql, &[])
+                .await
+                .map_err(|e| pg("listing pending webhooks", e))?;
+            Ok(rows
+                .iter()
+                .map(|r| PendingWebhook {
+                    job: r.get(0),
+                    url: r.get(1),
+                    body: r.get(2),
+                })
+                .collect())
         })
         .await
     }

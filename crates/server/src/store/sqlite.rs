@@ -19,7 +19,9 @@ use rusqlite::{
     TransactionBehavior,
 };
 
-use super::{result_parts, ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult};
+use super::{
+    result_parts, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError, StoreResult,
+};
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
@@ -64,6 +66,15 @@ const MIGRATIONS: &[&str] = &[
         stderr = CAST(json_extract(result, '$.stderr') AS BLOB),
         result = json_set(result, '$.stdout', '', '$.stderr', '')
     WHERE result IS NOT NULL;
+",
+    // Webhook deliveries not yet over, so that a restart sends them.
+    "
+    CREATE TABLE webhooks (
+        job_id     TEXT PRIMARY KEY,
+        url        TEXT NOT NULL,
+        body       BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
 ",
 ];
 
@@ -451,6 +462,48 @@ impl JobStore for SqliteStore {
                 .map(|(id, language, attempts)| {
                     let attempts = u32::try_from(attempts).ctx("attempts")?;
                     Ok((parse_id(&id)?, language, attempts))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn webhook_pending(&self, id: JobId, url: &str, body: &[u8]) -> StoreResult<()> {
+        let (url, body, now) = (url.to_owned(), body.to_vec(), to_ms(Utc::now()));
+        self.call(move |conn| {
+            let sql = "INSERT OR REPLACE INTO webhooks (job_id, url, body, created_at) \
+                       VALUES (?1, ?2, ?3, ?4)";
+            conn.execute(sql, params![id.to_string(), url, body, now])
+                .ctx(format_args!("recording the webhook of job {id}"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_done(&self, id: JobId) -> StoreResult<()> {
+        self.call(move |conn| {
+            let sql = "DELETE FROM webhooks WHERE job_id = ?1";
+            conn.execute(sql, params![id.to_string()])
+                .ctx(format_args!("clearing the webhook of job {id}"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhooks_pending(&self) -> StoreResult<Vec<PendingWebhook>> {
+        self.call(move |conn| {
+            let sql = "SELECT job_id, url, body FROM webhooks ORDER BY created_at, job_id";
+            let raw = rows(conn, sql, [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+            });
+            raw.ctx("listing pending webhooks")?
+                .into_iter()
+                .map(|(job, url, body)| {
+                    Ok(PendingWebhook {
+                        job: parse_id(&job)?,
+                        url,
+                        body,
+                    })
                 })
                 .collect()
         })
