@@ -83,3 +83,28 @@ async fn an_outage_is_unavailable_then_the_store_reconnects() {
     s.ping().await.unwrap();
     drop(pg);
 }
+
+/// A row written before outputs had columns of their own keeps them in the
+/// result's JSON; they still read back.
+#[tokio::test]
+async fn results_from_before_the_output_columns_still_read() {
+    let pg = Postgres::shared();
+    let s = PostgresStore::connect(&pg.database())
+        .await
+        .expect("connect");
+    let j = job();
+    s.insert(&j).await.unwrap();
+    let mut old = RunReport::internal_error("x", None);
+    old.stdout = "old \u{1}é\n".into();
+    old.stderr = "warn\n".into();
+    let result = serde_json::to_string(&old).unwrap();
+    let c = s.client().await.unwrap();
+    let sql = "UPDATE jobs SET status = 'completed', result = $2, stdout = NULL, stderr = NULL \
+               WHERE id = $1";
+    c.execute(sql, &[&j.id, &result]).await.unwrap();
+    let got = s.get_any(j.id).await.unwrap().unwrap().result.unwrap();
+    assert_eq!(
+        (got.stdout.as_slice(), got.stderr.as_slice()),
+        ("old \u{1}é\n".as_bytes(), &b"warn\n"[..])
+    );
+}
