@@ -64,7 +64,7 @@ fn python_and_go_run_on_firecracker_restored_from_their_snapshots() {
     ] {
         let r = run_on_firecracker(&[(file, src)]);
         assert_eq!(
-            (r.status, r.stdout.as_str()),
+            (r.status, &*r.stdout_text()),
             (Verdict::Ok, "hello, world\n"),
             "{r:#?}"
         );
@@ -84,9 +84,9 @@ fn two_restored_firecracker_guests_differ_and_take_the_host_clock() {
     let src = "import json, os, random, socket, time\n\
                print(json.dumps({'u': os.urandom(16).hex(), 'r': random.random(), 'h': socket.gethostname(), 't': time.time()}))\n";
     let a: serde_json::Value =
-        serde_json::from_str(&run_on_firecracker(&[("main.py", src)]).stdout).expect("json");
+        serde_json::from_str(&run_on_firecracker(&[("main.py", src)]).stdout_text()).expect("json");
     let b: serde_json::Value =
-        serde_json::from_str(&run_on_firecracker(&[("main.py", src)]).stdout).expect("json");
+        serde_json::from_str(&run_on_firecracker(&[("main.py", src)]).stdout_text()).expect("json");
     for f in ["u", "r", "h"] {
         assert_ne!(a[f], b[f], "{f}: {a} / {b}");
     }

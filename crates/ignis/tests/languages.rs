@@ -94,7 +94,8 @@ fn cases(r: &Recipe) -> Vec<Case> {
             stdin: "",
             args: &[],
             check: |_, image_version, rep| {
-                let printed = rep.stdout.trim();
+                let text = rep.stdout_text();
+                let printed = text.trim();
                 if rep.status == Verdict::Ok
                     && !printed.is_empty()
                     && image_version.contains(printed)
@@ -140,8 +141,8 @@ fn summary(r: &RunReport) -> String {
         r.status,
         r.exit_code,
         r.signal,
-        r.stdout,
-        r.stderr.chars().take(600).collect::<String>(),
+        r.stdout_text(),
+        r.stderr_text().chars().take(600).collect::<String>(),
         r.compile_output
             .as_deref()
             .map(|o| o.chars().take(600).collect::<String>()),
@@ -150,7 +151,7 @@ fn summary(r: &RunReport) -> String {
 }
 
 fn ok_with(r: &RunReport, stdout: &str) -> Result<(), String> {
-    if r.status == Verdict::Ok && r.exit_code == Some(0) && r.stdout == stdout {
+    if r.status == Verdict::Ok && r.exit_code == Some(0) && r.stdout_text() == stdout {
         Ok(())
     } else {
         Err(format!(

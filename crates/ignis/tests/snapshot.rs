@@ -72,7 +72,7 @@ async fn run_in_two_restored(
         };
         let r = report::execute(vm, request(files, limits), |_| {}).await;
         assert_eq!(r.status, Verdict::Ok, "{r:#?}");
-        let printed: Value = serde_json::from_str(&r.stdout).expect("one JSON object");
+        let printed: Value = serde_json::from_str(&r.stdout_text()).expect("one JSON object");
         seen.push((printed, id));
     }
     seen
@@ -178,7 +178,7 @@ fn run_with_snapshots(dir: &Path, snaps: &Path) -> (RunReport, Cli) {
     assert_eq!(cli.code, 0, "{}", cli.stderr);
     let r = cli.report();
     assert_eq!(
-        (r.status, r.stdout.as_str()),
+        (r.status, &*r.stdout_text()),
         (Verdict::Ok, "hello, world\n"),
         "{r:#?}"
     );

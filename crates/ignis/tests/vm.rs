@@ -32,8 +32,8 @@ fn assert_hello(r: &RunReport, interpreted: bool) {
     assert_eq!(r.status, Verdict::Ok, "{r:#?}");
     assert_eq!(r.exit_code, Some(0));
     assert_eq!(r.signal, None);
-    assert_eq!(r.stdout, "hello, world\n");
-    assert_eq!(r.stderr, "");
+    assert_eq!(r.stdout_text(), "hello, world\n");
+    assert_eq!(r.stderr_text(), "");
     assert!(r.memory_kib > 0, "{r:#?}");
     if interpreted {
         assert!(r.duration_ms > 0 && r.cpu_ms > 0, "{r:#?}");
@@ -157,7 +157,7 @@ fn go_compile_error() {
     let out = r.compile_output.as_deref().unwrap_or_default();
     assert!(out.contains("undefined: undefinedThing"), "{out}");
     assert!(out.contains("broken.go:4"), "{out}");
-    assert_eq!(r.stdout, "");
+    assert_eq!(r.stdout_text(), "");
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn python_exit_code_is_kept() {
     let (r, cli) = run_json(tmp.path(), &[("exit3.py", src)], &[]);
     assert_eq!(r.status, Verdict::RuntimeError, "{r:#?}");
     assert_eq!((r.exit_code, r.signal), (Some(3), None));
-    assert_eq!(r.stdout, "before exit\n");
+    assert_eq!(r.stdout_text(), "before exit\n");
     assert_eq!(cli.code, 3);
 }
 
@@ -192,7 +192,7 @@ fn python_uncaught_exception() {
     assert!(cli.stdout.is_empty());
     let (r, _) = run_json(tmp.path(), &[], &["boom.py"]);
     assert_eq!((r.status, r.exit_code), (Verdict::RuntimeError, Some(1)));
-    assert!(r.stderr.contains("ValueError: boom"));
+    assert!(r.stderr_text().contains("ValueError: boom"));
 }
 
 #[test]
@@ -218,7 +218,7 @@ fn stdin_and_args() {
         ],
     );
     assert_eq!(cli.code, 0, "{r:#?}");
-    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("program output");
+    let got: serde_json::Value = serde_json::from_str(&r.stdout_text()).expect("program output");
     assert_eq!(got["argv"], serde_json::json!(["a", "-b", "c d"]));
     assert_eq!(got["stdin"], input);
 }
@@ -231,7 +231,7 @@ fn multi_file_python() {
     let util = "def greet(n):\n    return f'hello from util, {n}'\n";
     let (r, cli) = run_json(tmp.path(), &[("main.py", main), ("util.py", util)], &[]);
     assert_eq!((r.status, cli.code), (Verdict::Ok, 0), "{r:#?}");
-    assert_eq!(r.stdout, "hello from util, ignis\n");
+    assert_eq!(r.stdout_text(), "hello from util, ignis\n");
 }
 
 #[test]
@@ -242,7 +242,7 @@ fn multi_file_go() {
     let util = "package main\n\nfunc double(x int) int {\n\treturn 2 * x\n}\n";
     let (r, cli) = run_json(tmp.path(), &[("main.go", main), ("util.go", util)], &[]);
     assert_eq!((r.status, cli.code), (Verdict::Ok, 0), "{r:#?}");
-    assert_eq!(r.stdout, "42\n");
+    assert_eq!(r.stdout_text(), "42\n");
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn infinite_loop_hits_the_timeout() {
     let (r, cli) = run_json(tmp.path(), &[("loop.py", src)], &["--timeout", "2"]);
     assert_eq!(r.status, Verdict::Timeout, "{r:#?}");
     assert_eq!((r.exit_code, r.signal), (None, Some(9)));
-    assert_eq!(r.stdout, "looping\n");
+    assert_eq!(r.stdout_text(), "looping\n");
     assert_eq!(cli.code, 124);
 }
 
@@ -321,7 +321,7 @@ fn output_flood_is_cut_at_the_cap() {
         (r.status, r.exit_code, r.signal)
     );
     assert_eq!(r.stdout.len(), 4096);
-    assert!(r.stdout.bytes().all(|b| b == b'x'));
+    assert!(r.stdout.iter().all(|&b| b == b'x'));
     assert!(r.stdout_truncated && !r.stderr_truncated);
     assert_eq!(cli.code, 141);
 }
@@ -350,7 +350,7 @@ print(json.dumps(res))
 "#;
     let (r, _) = run_json(tmp.path(), &[("net.py", src)], &[]);
     assert_eq!(r.status, Verdict::Ok, "{r:#?}");
-    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("program output");
+    let got: serde_json::Value = serde_json::from_str(&r.stdout_text()).expect("program output");
     const ENETUNREACH: i64 = 101;
     assert_eq!(got["10.0.2.2"], ENETUNREACH, "{got}");
     assert_eq!(got["1.1.1.1"], ENETUNREACH, "{got}");
@@ -393,7 +393,7 @@ print(json.dumps({
     let (r, _) = run_json(tmp.path(), &[("spy.py", src)], &args);
     let _ = std::fs::remove_file(&in_tmp);
     assert_eq!(r.status, Verdict::Ok, "{r:#?}");
-    let got: serde_json::Value = serde_json::from_str(&r.stdout).expect("program output");
+    let got: serde_json::Value = serde_json::from_str(&r.stdout_text()).expect("program output");
     assert!(std::path::Path::new(project).exists());
     assert_eq!(
         got["exists"],
@@ -434,7 +434,7 @@ fn env_is_passed() {
     let (r, _) = run_json(tmp.path(), &[("env.py", src)], &args);
     assert_eq!(r.status, Verdict::Ok, "{r:#?}");
     let mut env: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&r.stdout).expect("program output");
+        serde_json::from_str(&r.stdout_text()).expect("program output");
     env.remove("LC_CTYPE");
     assert_eq!(
         serde_json::Value::Object(env),
@@ -525,7 +525,7 @@ async fn ready_then_hung_agent_is_an_internal_error_report() {
         "{msg}"
     );
     assert_eq!(r.vm.as_ref().map(|v| v.id.as_str()), Some(id.as_str()));
-    assert_eq!((r.exit_code, r.stdout.as_str()), (None, ""));
+    assert_eq!((r.exit_code, &*r.stdout_text()), (None, ""));
     assert_eq!(
         entries(fake.runtime_dir()),
         Vec::<std::path::PathBuf>::new()

@@ -25,6 +25,9 @@ pub enum BusError {
     /// The messaging system cannot be reached now; retry later.
     #[error("event bus unavailable: {0}")]
     Unavailable(String),
+    /// The job has as many subscribers as one job may have.
+    #[error("job {id} already has {max} subscribers; try again when one leaves")]
+    TooManySubscribers { id: JobId, max: usize },
 }
 
 /// A job's events: its history so far, then live ones until `result`.
@@ -116,7 +119,7 @@ impl Bus for LocalBus {
     }
 
     async fn subscribe(&self, id: JobId) -> Result<Option<EventStream>, BusError> {
-        Ok(self.hub.subscribe(id).map(|(history, rx)| {
+        Ok(self.hub.subscribe(id)?.map(|(history, rx)| {
             // A client too slow to keep up is cut off rather than shown a
             // gap; reconnecting replays the whole history.
             let live = BroadcastStream::new(rx)
@@ -145,6 +148,14 @@ pub enum JobEvent {
     Result {
         job: serde_json::Value,
     },
+    /// The history kept for late subscribers was full (in events or in
+    /// bytes): output after this point was streamed live but not kept, so
+    /// a subscriber who came later sees this instead of it. The final
+    /// `result` still holds the whole output.
+    Trimmed {
+        /// What filled up: `events` or `bytes`.
+        limit: String,
+    },
 }
 
 impl JobEvent {
@@ -161,12 +172,22 @@ impl JobEvent {
                 ..
             } => "stderr",
             JobEvent::Result { .. } => "result",
+            JobEvent::Trimmed { .. } => "trimmed",
         }
     }
 }
 
 /// Output kept per job for late subscribers; beyond it only live events flow.
 const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Events kept per job for late subscribers. Output chunks that follow one
+/// another on the same stream are joined in the history, so a program that
+/// writes a byte at a time fills this only by switching streams.
+const HISTORY_EVENTS_MAX: usize = 4096;
+
+/// Subscribers one job may have at once (SSE clients and waiting
+/// submissions); more are refused (429) rather than each costing memory.
+pub const SUBSCRIBERS_MAX: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct EventHub {
@@ -177,7 +198,54 @@ pub struct EventHub {
 struct Channel {
     history: Vec<JobEvent>,
     bytes: usize,
+    /// The history is full and says so (a [`JobEvent::Trimmed`] ends it).
+    trimmed: bool,
     tx: broadcast::Sender<JobEvent>,
+}
+
+impl Channel {
+    /// Keeps `ev` for late subscribers, within the bounds: joined to the
+    /// output before it when it continues it, and once the history is
+    /// full, a single `trimmed` event in place of all that follows.
+    fn keep(&mut self, ev: &JobEvent) {
+        if self.trimmed {
+            return;
+        }
+        let size = match ev {
+            JobEvent::Output { data, .. } => data.len(),
+            _ => 0,
+        };
+        if self.bytes + size > HISTORY_BYTES_MAX {
+            return self.trim("bytes");
+        }
+        if let (
+            JobEvent::Output { stream, data },
+            Some(JobEvent::Output {
+                stream: last,
+                data: kept,
+            }),
+        ) = (ev, self.history.last_mut())
+        {
+            if stream == last {
+                kept.push_str(data);
+                self.bytes += size;
+                return;
+            }
+        }
+        // One place stays free for the `trimmed` event.
+        if self.history.len() + 1 >= HISTORY_EVENTS_MAX {
+            return self.trim("events");
+        }
+        self.bytes += size;
+        self.history.push(ev.clone());
+    }
+
+    fn trim(&mut self, limit: &str) {
+        self.trimmed = true;
+        self.history.push(JobEvent::Trimmed {
+            limit: limit.to_owned(),
+        });
+    }
 }
 
 pub type Subscription = (Vec<JobEvent>, broadcast::Receiver<JobEvent>);
@@ -192,6 +260,7 @@ impl EventHub {
         self.lock().entry(id).or_insert_with(|| Channel {
             history: Vec::new(),
             bytes: 0,
+            trimmed: false,
             tx: broadcast::channel(1024).0,
         });
     }
@@ -199,14 +268,7 @@ impl EventHub {
     pub fn publish(&self, id: JobId, ev: JobEvent) {
         let mut jobs = self.lock();
         let Some(ch) = jobs.get_mut(&id) else { return };
-        let size = match &ev {
-            JobEvent::Output { data, .. } => data.len(),
-            _ => 0,
-        };
-        if ch.bytes + size <= HISTORY_BYTES_MAX {
-            ch.bytes += size;
-            ch.history.push(ev.clone());
-        }
+        ch.keep(&ev);
         let _ = ch.tx.send(ev);
     }
 
@@ -216,10 +278,22 @@ impl EventHub {
         self.lock().remove(&id);
     }
 
-    pub fn subscribe(&self, id: JobId) -> Option<Subscription> {
+    /// The history so far and the live events of job `id`; `None` when
+    /// the job has no channel here. A subscriber beyond
+    /// [`SUBSCRIBERS_MAX`] is refused; one that drops its receiver frees
+    /// its place.
+    pub fn subscribe(&self, id: JobId) -> Result<Option<Subscription>, BusError> {
         let jobs = self.lock();
-        let ch = jobs.get(&id)?;
-        Some((ch.history.clone(), ch.tx.subscribe()))
+        let Some(ch) = jobs.get(&id) else {
+            return Ok(None);
+        };
+        if ch.tx.receiver_count() >= SUBSCRIBERS_MAX {
+            return Err(BusError::TooManySubscribers {
+                id,
+                max: SUBSCRIBERS_MAX,
+            });
+        }
+        Ok(Some((ch.history.clone(), ch.tx.subscribe())))
     }
 }
 
@@ -288,7 +362,7 @@ mod tests {
                 status: JobStatus::Running,
             },
         );
-        let (history, mut rx) = hub.subscribe(id).expect("open");
+        let (history, mut rx) = hub.subscribe(id).expect("allowed").expect("open");
         assert_eq!(history.len(), 1);
         hub.finish(
             id,
@@ -297,6 +371,83 @@ mod tests {
             },
         );
         assert_eq!(rx.try_recv().expect("live").name(), "result");
-        assert!(hub.subscribe(id).is_none());
+        assert!(hub.subscribe(id).expect("allowed").is_none());
+    }
+
+    fn output(stream: Stream, data: &str) -> JobEvent {
+        JobEvent::Output {
+            stream,
+            data: data.into(),
+        }
+    }
+
+    /// A flood of one-byte writes is one event in the history, not a
+    /// million; a flood that alternates streams fills the history up to
+    /// its bound, which then says it was trimmed.
+    #[test]
+    fn history_is_bounded_in_events_and_says_when_trimmed() {
+        let hub = EventHub::default();
+        let id = uuid::Uuid::now_v7();
+        hub.open(id);
+        for _ in 0..100_000 {
+            hub.publish(id, output(Stream::Stdout, "x"));
+        }
+        let (history, _rx) = hub.subscribe(id).expect("allowed").expect("open");
+        assert_eq!(history, vec![output(Stream::Stdout, &"x".repeat(100_000))]);
+
+        for i in 0..100_000 {
+            let stream = [Stream::Stdout, Stream::Stderr][i % 2];
+            hub.publish(id, output(stream, "y"));
+        }
+        let (history, _rx) = hub.subscribe(id).expect("allowed").expect("open");
+        assert_eq!(history.len(), HISTORY_EVENTS_MAX);
+        assert_eq!(
+            history.last(),
+            Some(&JobEvent::Trimmed {
+                limit: "events".into()
+            })
+        );
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes() {
+        let hub = EventHub::default();
+        let id = uuid::Uuid::now_v7();
+        hub.open(id);
+        let chunk = "z".repeat(1024 * 1024);
+        for _ in 0..(HISTORY_BYTES_MAX / chunk.len() + 3) {
+            hub.publish(id, output(Stream::Stdout, &chunk));
+        }
+        let (history, _rx) = hub.subscribe(id).expect("allowed").expect("open");
+        let kept: usize = history
+            .iter()
+            .map(|e| match e {
+                JobEvent::Output { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(kept <= HISTORY_BYTES_MAX, "{kept}");
+        assert_eq!(
+            history.last(),
+            Some(&JobEvent::Trimmed {
+                limit: "bytes".into()
+            })
+        );
+    }
+
+    #[test]
+    fn subscribers_per_job_are_bounded() {
+        let hub = EventHub::default();
+        let id = uuid::Uuid::now_v7();
+        hub.open(id);
+        let mut subs: Vec<_> = (0..SUBSCRIBERS_MAX)
+            .map(|_| hub.subscribe(id).expect("allowed").expect("open"))
+            .collect();
+        assert!(matches!(
+            hub.subscribe(id),
+            Err(BusError::TooManySubscribers { .. })
+        ));
+        subs.pop();
+        assert!(hub.subscribe(id).expect("a place was freed").is_some());
     }
 }

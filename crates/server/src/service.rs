@@ -229,10 +229,65 @@ pub async fn finish(svc: &Services, id: JobId) {
             return;
         }
     };
+    // A final event says how the job ended; a stored status that is not
+    // final would be a lie in it (and in the webhook).
+    if !job.status.is_final() {
+        tracing::error!(job = %id, status = job.status.as_str(), "not ended; no final event");
+        return;
+    }
     let view = crate::api::view::job_json(&job);
     svc.bus.finish(id, JobEvent::Result { job: view.clone() });
     if let Some(url) = &job.webhook_url {
         if let Ok(body) = serde_json::to_vec(&view) {
+            // Recorded before it is sent, so a restart sends it if this
+            // process cannot.
+            if let Err(e) = svc.store.webhook_pending(id, url, &body).await {
+                tracing::warn!(job = %id, "webhook not recorded, sent anyway: {e}");
+            }
+            send_webhook(svc, id, url.clone(), body);
+        }
+    }
+}
+
+/// Sends a recorded webhook delivery in the background and clears its
+/// record once it is over (delivered, or given up after the retries).
+fn send_webhook(svc: &Services, id: JobId, url: String, body: Vec<u8>) {
+    let (hooks, store) = (svc.webhooks.clone(), svc.store.clone());
+    tokio::spawn(async move {
+        hooks.deliver_with_retries(&url, &body).await;
+        if let Err(e) = store.webhook_done(id).await {
+            tracing::warn!(job = %id, "webhook record not cleared; a restart sends it again: {e}");
+        }
+    });
+}
+
+/// Sends the webhook deliveries a previous process recorded and did not
+/// finish (it stopped, or crashed, first).
+pub async fn resume_webhooks(svc: &Services) -> Result<(), ServiceError> {
+    let pending = svc.store.webhooks_pending().await?;
+    if !pending.is_empty() {
+        tracing::info!("{} pending webhook deliveries resumed", pending.len());
+    }
+    for p in pending {
+        send_webhook(svc, p.job, p.url, p.body);
+    }
+    Ok(())
+}
+
+/// Publishes the end of a job whose result could not be stored, from what
+/// the worker knows: `completed` as `internal_error` saying `why`, never
+/// the `running` that the store still holds.
+pub fn finish_unstored(svc: &Services, job: &Job, why: String) {
+    let mut ended = job.clone();
+    ended.status = JobStatus::Completed;
+    ended.finished_at = Some(Utc::now());
+    ended.result = Some(ignis_vmm::RunReport::internal_error(why, None));
+    let view = crate::api::view::job_json(&ended);
+    svc.bus
+        .finish(job.id, JobEvent::Result { job: view.clone() });
+    if let Some(url) = &ended.webhook_url {
+        if let Ok(body) = serde_json::to_vec(&view) {
+            // The store is failing: not recorded, only sent.
             svc.webhooks.deliver(url.clone(), body);
         }
     }
@@ -240,7 +295,8 @@ pub async fn finish(svc: &Services, id: JobId) {
 
 /// After a restart of the one-process server: jobs that were running get
 /// another attempt while they have attempts left (else an honest
-/// `internal_error`), and every queued job is queued again.
+/// `internal_error`), every queued job is queued again, and webhook
+/// deliveries left pending are sent.
 pub async fn recover(svc: &Services) -> Result<(), ServiceError> {
     let max = svc.config.max_attempts;
     for (id, _, attempts) in svc.store.in_status(JobStatus::Running).await? {
@@ -260,7 +316,8 @@ pub async fn recover(svc: &Services) -> Result<(), ServiceError> {
             }
         }
     }
-    requeue_all(svc).await
+    requeue_all(svc).await?;
+    resume_webhooks(svc).await
 }
 
 /// Queues every stored `queued` job again (the distributed queue drops a

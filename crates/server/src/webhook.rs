@@ -10,8 +10,11 @@
 //! and the connection is pinned to exactly those addresses, so a DNS answer
 //! that changes between check and connect (DNS rebinding) cannot slip in.
 //!
-//! Receivers authenticate a delivery by recomputing [`sign`] over the raw body
-//! with the shared secret and comparing it to the `X-Ignis-Signature` header.
+//! Receivers authenticate a delivery by recomputing [`sign`] over the
+//! `X-Ignis-Timestamp` header, a `.` and the raw body with the shared secret
+//! and comparing it to the `X-Ignis-Signature` header ([`verify`] does it).
+//! The timestamp is inside what is signed, so a receiver that refuses old
+//! timestamps cannot be made to accept a captured delivery replayed later.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,6 +28,12 @@ use sha2::Sha256;
 
 /// Header carrying `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "X-Ignis-Signature";
+/// Header carrying the unix time (seconds) at which this attempt was signed;
+/// the signature covers it.
+pub const TIMESTAMP_HEADER: &str = "X-Ignis-Timestamp";
+/// How far from its receiver's clock [`verify`] accepts a timestamp by
+/// default: a replay must come within this long of the original.
+pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
 /// Header carrying the attempt number (1-based), so a receiver can tell a
 /// retry from a new event and deduplicate.
 pub const DELIVERY_HEADER: &str = "X-Ignis-Delivery";
@@ -174,14 +183,61 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// `sha256=<lowercase hex HMAC-SHA256(secret, body)>`, the `X-Ignis-Signature`
-/// value; GitHub's format, so existing receiver code can check it.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
+/// `sha256=<lowercase hex HMAC-SHA256(secret, "<timestamp>.<body>")>`, the
+/// `X-Ignis-Signature` value for a delivery whose `X-Ignis-Timestamp` is
+/// `timestamp` (Stripe's scheme: the time is signed with the body).
+pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    format!(
+        "sha256={}",
+        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+    )
+}
+
+fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length (long ones are hashed first), so
     // `new_from_slice` cannot fail.
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mac
+}
+
+/// Why a receiver refuses a delivery ([`verify`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the timestamp is not a unix time in seconds")]
+    BadTimestamp,
+    #[error("the timestamp is {0} s away from now: too old (a replay?) or from the future")]
+    Stale(i64),
+    #[error("the signature does not match")]
+    BadSignature,
+}
+
+/// What a receiver does with a delivery: checks that `signature` is the
+/// secret's over `timestamp` and `body`, in constant time, and that
+/// `timestamp` is within `tolerance` of `now` (unix seconds).
+pub fn verify(
+    secret: &[u8],
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<(), VerifyError> {
+    let ts: i64 = timestamp.parse().map_err(|_| VerifyError::BadTimestamp)?;
+    let given = signature
+        .strip_prefix("sha256=")
+        .and_then(|h| hex::decode(h).ok())
+        .ok_or(VerifyError::BadSignature)?;
+    mac(secret, ts, body)
+        .verify_slice(&given)
+        .map_err(|_| VerifyError::BadSignature)?;
+    let skew = now.saturating_sub(ts);
+    if skew.unsigned_abs() > tolerance.as_secs() {
+        return Err(VerifyError::Stale(skew));
+    }
+    Ok(())
 }
 
 /// How hard to try before giving up on a receiver.
@@ -339,10 +395,13 @@ impl WebhookSender {
             builder = builder.resolve_to_addrs(host, &addrs);
         }
         let client = builder.build().map_err(http_error)?;
+        // Signed at each attempt, so a retry after a long pause is fresh.
+        let now = chrono::Utc::now().timestamp();
         let response = client
             .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, sign(&self.inner.secret.0, body))
+            .header(TIMESTAMP_HEADER, now.to_string())
+            .header(SIGNATURE_HEADER, sign(&self.inner.secret.0, now, body))
             .header(DELIVERY_HEADER, attempt.to_string())
             .body(body.to_vec())
             .send()

@@ -73,9 +73,16 @@ async fn body_arrives_intact_and_signed() {
     assert_eq!(sender.deliver_now(&url, body).await.unwrap(), 204);
     let got = rx.recv().await.unwrap();
     assert_eq!(got.body, body);
+    let ts = got.header("x-ignis-timestamp").expect("a timestamp");
+    let sig = got.header("x-ignis-signature").expect("a signature");
     assert_eq!(
-        got.header("x-ignis-signature").unwrap(),
-        sign(b"s3cret", body)
+        sig,
+        sign(b"s3cret", ts.parse().expect("unix seconds"), body)
+    );
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(
+        verify(b"s3cret", ts, sig, body, now, TIMESTAMP_TOLERANCE),
+        Ok(())
     );
     assert_eq!(got.header("content-type"), Some("application/json"));
     assert_eq!(got.header("x-ignis-delivery"), Some("1"));
@@ -191,11 +198,13 @@ fn check_url_table() {
 #[test]
 fn signature_backoff_and_redaction() {
     // RFC 4231, test case 2.
-    let sig = sign(b"Jefe", b"what do ya want for nothing?");
-    assert_eq!(
-        sig,
-        "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-    );
+    // RFC 4231 test case 2 is HMAC("Jefe", "what do ya want for nothing?");
+    // here the message is "<timestamp>.<body>".
+    let sig = sign(b"Jefe", 1_700_000_000, b"what do ya want for nothing?");
+    let mut mac = HmacSha256::new_from_slice(b"Jefe").unwrap();
+    mac.update(b"1700000000.what do ya want for nothing?");
+    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(sig, want);
     let p = RetryPolicy::default();
     let delays: Vec<u64> = (1..=8).map(|n| p.delay_after(n).as_secs()).collect();
     assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
@@ -204,4 +213,88 @@ fn signature_backoff_and_redaction() {
         redact("https://u:p@h.example/x?token=1#f"),
         "https://h.example/x"
     );
+}
+
+/// A delivery captured off the wire and sent again later is refused by a
+/// receiver that checks the signed timestamp; so is one whose timestamp was
+/// changed to look fresh, since the signature covers it.
+#[tokio::test]
+async fn a_captured_delivery_cannot_be_replayed_later() {
+    let (url, mut rx) = receiver(vec![200]).await;
+    let sender = WebhookSender::new(b"k3y".to_vec(), true, fast_policy(1));
+    let body = br#"{"status":"completed"}"#;
+    sender.deliver_now(&url, body).await.expect("delivered");
+    let got = rx.recv().await.expect("received");
+    let ts = got
+        .header("x-ignis-timestamp")
+        .expect("timestamp")
+        .to_owned();
+    let sig = got
+        .header("x-ignis-signature")
+        .expect("signature")
+        .to_owned();
+    let sent: i64 = ts.parse().expect("unix seconds");
+    let tol = TIMESTAMP_TOLERANCE;
+    assert_eq!(verify(b"k3y", &ts, &sig, body, sent, tol), Ok(()));
+    let an_hour_later = sent + 3600;
+    assert_eq!(
+        verify(b"k3y", &ts, &sig, body, an_hour_later, tol),
+        Err(VerifyError::Stale(3600))
+    );
+    let fresh = an_hour_later.to_string();
+    assert_eq!(
+        verify(b"k3y", &fresh, &sig, body, an_hour_later, tol),
+        Err(VerifyError::BadSignature)
+    );
+    assert_eq!(
+        verify(b"other", &ts, &sig, body, sent, tol),
+        Err(VerifyError::BadSignature)
+    );
+}
+
+/// A delivery recorded by a process that stopped before sending it is sent
+/// by the next one at start-up, signed, and its record cleared.
+#[tokio::test]
+async fn pending_deliveries_survive_a_restart() {
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::JobStore;
+
+    let (url, mut rx) = receiver(vec![200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ignis.db");
+    let job = uuid::Uuid::now_v7();
+    let body = br#"{"status":"completed"}"#;
+    {
+        // The process that ended the job, and stopped before delivering.
+        let before = SqliteStore::open(&db).unwrap();
+        before.webhook_pending(job, &url, body).await.unwrap();
+    }
+    let mut cfg = crate::config::ServerConfig::new(dir.path().to_path_buf());
+    cfg.allow_private_webhooks = true;
+    let store = Arc::new(SqliteStore::open(&db).unwrap());
+    let launcher =
+        crate::test_kit::fake_launcher(dir.path(), ignis_vmm::driver::fake::FakeDriver::default());
+    let svc = crate::embedded::assemble(cfg, launcher, store.clone(), b"s".to_vec());
+    crate::service::resume_webhooks(&svc).await.unwrap();
+
+    let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("delivered within the hang guard")
+        .expect("a delivery");
+    assert_eq!(got.body, body);
+    let ts = got.header("x-ignis-timestamp").expect("timestamp");
+    let sig = got.header("x-ignis-signature").expect("signature");
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(
+        verify(b"s", ts, sig, body, now, TIMESTAMP_TOLERANCE),
+        Ok(())
+    );
+    // The record goes once the delivery is over.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !store.webhooks_pending().await.unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the record cleared within the hang guard");
 }

@@ -50,6 +50,13 @@ pub async fn run(
 /// unreachable, before it gives the job up to redelivery.
 const STORE_RETRY_FOR: Duration = Duration::from_secs(120);
 
+/// The longest pause between two tries of a failing store.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// How long a worker waits before it puts back a job it could not claim,
+/// so that a store that fails at once is not asked again in a tight loop.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
 struct Worker {
     svc: Arc<Services>,
     pools: Pools,
@@ -128,7 +135,21 @@ impl Worker {
             // Ended (canceled, finished) or a duplicate: nothing to do.
             Ok(Claimed::Skipped(_)) | Err(StoreError::NotFound(_)) => true,
             Err(e) => {
-                tracing::error!(job = %id, "store: {e}");
+                // Nothing ran: the job is still `queued` (or, at worst,
+                // `running` on an attempt that a later claim skips or
+                // retakes), so it goes back on the queue rather than being
+                // lost. Not acknowledged either: a distributed queue
+                // delivers it again itself.
+                tracing::error!(job = %id, "claim failed, job put back on the queue: {e}");
+                tokio::select! {
+                    () = hard_stop.cancelled() => {}
+                    () = tokio::time::sleep(REQUEUE_PAUSE) => {}
+                }
+                if !d.handle.redelivers() {
+                    if let Err(e) = service::enqueue(svc, id, &d.job.language).await {
+                        tracing::error!(job = %id, "not queued again: {e}");
+                    }
+                }
                 false
             }
         }
@@ -140,7 +161,7 @@ impl Worker {
         cancel: CancellationToken,
         hard_stop: &CancellationToken,
     ) -> bool {
-        let (svc, id, attempt) = (&self.svc, job.id, job.attempts);
+        let (svc, id) = (&self.svc, job.id);
         let running = JobEvent::Status {
             status: JobStatus::Running,
         };
@@ -154,13 +175,8 @@ impl Worker {
         // this returns, so a cancel arriving now still leaves the ending to us.
         match ending {
             Ending::Done(report, timings) => {
-                let report = *report;
-                let stored = retry_store(hard_stop, || {
-                    svc.store
-                        .complete(id, attempt, &report, timings, Utc::now())
-                });
-                match stored.await {
-                    Ok(()) => svc.metrics.job_finished(report.status.as_str(), &timings),
+                match self.store_result(&job, *report, timings, hard_stop).await {
+                    Ok(verdict) => svc.metrics.job_finished(verdict.as_str(), &timings),
                     // Another attempt runs it now: leave the delivery to it.
                     Err(e @ StoreError::Stale { .. }) => {
                         tracing::info!(job = %id, "result not stored: {e}");
@@ -172,7 +188,15 @@ impl Worker {
                         svc.metrics.job_canceled();
                     }
                     Err(e) => {
+                        // Shutting down with the store still failing: the
+                        // row stays `running`, so a restart runs the job
+                        // again, and the final event says so rather than
+                        // `running`.
                         tracing::error!(job = %id, "result not stored, left to redelivery: {e}");
+                        let why = format!(
+                            "the result could not be stored ({e}); the job runs again after a restart"
+                        );
+                        service::finish_unstored(svc, &job, why);
                         return false;
                     }
                 }
@@ -193,6 +217,44 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Stores the result of `job`'s attempt: what may pass (a busy
+    /// database, a full disk, an I/O error) is retried with backoff until
+    /// it is stored or a hard stop; a result the store refuses for good is
+    /// replaced by an honest `internal_error` that says why. The verdict
+    /// stored, or why nothing was.
+    async fn store_result(
+        &self,
+        job: &Job,
+        report: RunReport,
+        timings: Timings,
+        hard_stop: &CancellationToken,
+    ) -> StoreResult<ignis_protocol::Verdict> {
+        let (svc, id, attempt) = (&self.svc, job.id, job.attempts);
+        let complete = |r: &RunReport| {
+            let r = r.clone();
+            retry_until(hard_stop, None, move || {
+                let r = r.clone();
+                async move {
+                    svc.store
+                        .complete(id, attempt, &r, timings, Utc::now())
+                        .await
+                }
+            })
+        };
+        match complete(&report).await {
+            Ok(()) => Ok(report.status),
+            Err(e) if e.is_retryable() || !matches!(e, StoreError::Backend(_)) => Err(e),
+            Err(e) => {
+                tracing::error!(job = %id, "the store refused the result: {e}");
+                let message = format!("the result could not be stored: {e}");
+                let vm = report.vm.clone();
+                let mut failed = RunReport::internal_error(message, None);
+                failed.vm = vm;
+                complete(&failed).await.map(|()| failed.status)
+            }
+        }
     }
 
     async fn attempt_all(&self, job: &Job) -> Ending {
@@ -298,22 +360,39 @@ fn keep_alive(d: &Delivery, ack_wait: Duration) -> tokio::task::JoinHandle<()> {
 
 /// Calls the store until it answers, while its errors are retryable, for
 /// at most [`STORE_RETRY_FOR`] or until a hard stop.
-async fn retry_store<T, F, Fut>(hard_stop: &CancellationToken, mut call: F) -> StoreResult<T>
+async fn retry_store<T, F, Fut>(hard_stop: &CancellationToken, call: F) -> StoreResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = StoreResult<T>>,
 {
-    let deadline = tokio::time::Instant::now() + STORE_RETRY_FOR;
+    retry_until(hard_stop, Some(STORE_RETRY_FOR), call).await
+}
+
+/// Calls the store until it answers, while its errors are retryable, with
+/// a pause that doubles up to [`RETRY_PAUSE_MAX`], for at most `limit`
+/// (None: until a hard stop).
+async fn retry_until<T, F, Fut>(
+    hard_stop: &CancellationToken,
+    limit: Option<Duration>,
+    mut call: F,
+) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
     let mut pause = Duration::from_millis(100);
     loop {
         match call().await {
-            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                tracing::warn!("store unavailable, retrying: {e}");
+            Err(e)
+                if e.is_retryable() && deadline.is_none_or(|d| tokio::time::Instant::now() < d) =>
+            {
+                tracing::warn!("store unavailable, retrying in {pause:?}: {e}");
                 tokio::select! {
                     () = hard_stop.cancelled() => return Err(e),
                     () = tokio::time::sleep(pause) => {}
                 }
-                pause = (pause * 2).min(Duration::from_secs(2));
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
             }
             other => return other,
         }

@@ -40,6 +40,15 @@ struct Submitted {
 }
 
 async fn harness(max_attempts: u32) -> Harness {
+    harness_over(max_attempts, |store| store).await
+}
+
+/// A harness whose store is SQLite seen through `wrap` (a store that
+/// fails on purpose, in `worker_store_tests.rs`).
+async fn harness_over(
+    max_attempts: u32,
+    wrap: impl FnOnce(Arc<dyn crate::store::JobStore>) -> Arc<dyn crate::store::JobStore>,
+) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = ServerConfig::new(dir.path().to_path_buf());
     cfg.pool = PoolConfig {
@@ -57,7 +66,8 @@ async fn harness(max_attempts: u32) -> Harness {
         .snapshot("python")
         .await
         .expect("the fake snapshot");
-    let svc = crate::embedded::assemble(cfg, launcher, Arc::new(store), b"secret".to_vec());
+    let store = wrap(Arc::new(store));
+    let svc = crate::embedded::assemble(cfg, launcher, store, b"secret".to_vec());
     let stop = CancellationToken::new();
     let pools = svc.pools.clone().expect("the embedded services have pools");
     let workers = tokio::spawn(run(
@@ -205,7 +215,7 @@ async fn a_job_completes_with_the_programs_output() {
     let result = stored.result.expect("a result");
     assert_eq!(result.status, Verdict::Ok, "{result:?}");
     assert_eq!(result.exit_code, Some(0));
-    assert_eq!(result.stdout, text);
+    assert_eq!(result.stdout, text.as_bytes());
     assert_eq!(result.message, None);
     assert!(result.vm.expect("the VM that ran it").restored);
     assert_eq!(
@@ -233,7 +243,7 @@ async fn a_vm_dying_before_output_is_retried_once_on_another() {
     assert_eq!(stored.status, JobStatus::Completed);
     let result = stored.result.expect("a result");
     assert_eq!(result.status, Verdict::Ok, "{result:?}");
-    assert_eq!(result.stdout, text);
+    assert_eq!(result.stdout, text.as_bytes());
     assert_eq!(stdout_of(&events), text);
     assert_eq!(h.job_vms(), 2, "one VM died, another ran the job");
     assert_eq!(stored.attempts, 1, "a retry inside one start of the job");
@@ -351,6 +361,9 @@ async fn a_job_cancelled_while_running_ends_canceled_and_its_vm_is_gone() {
     h.driver.release_boots();
     let mut next = h.submit("next\n").await;
     let (stored, _) = h.outcome(&mut next).await;
-    assert_eq!(stored.result.expect("a result").stdout, "next\n");
+    assert_eq!(stored.result.expect("a result").stdout, b"next\n");
     h.stop().await;
 }
+
+#[path = "worker_store_tests.rs"]
+mod store_failures;

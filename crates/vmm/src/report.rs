@@ -15,9 +15,16 @@ pub struct RunReport {
     pub status: Verdict,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    /// Output as UTF-8; bytes that are not UTF-8 are replaced (U+FFFD).
-    pub stdout: String,
-    pub stderr: String,
+    /// The exact bytes the program wrote, so that a store keeps them as
+    /// bytes and an API can hand them back exactly. In JSON (`ignis run
+    /// --json`) they are text: bytes that are not UTF-8 are replaced
+    /// (U+FFFD) there; the server's API says when that happened.
+    #[serde(with = "output_text", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub stdout: Vec<u8>,
+    #[serde(with = "output_text", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub stderr: Vec<u8>,
     pub compile_output: Option<String>,
     pub compile_ms: Option<u64>,
     pub duration_ms: u64,
@@ -64,8 +71,8 @@ impl RunReport {
             status: o.status,
             exit_code: o.exit_code,
             signal: o.signal,
-            stdout: String::from_utf8_lossy(&e.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&e.stderr).into_owned(),
+            stdout: e.stdout,
+            stderr: e.stderr,
             compile_output: o.compile_output,
             compile_ms: o.compile_ms,
             duration_ms: o.duration_ms,
@@ -78,14 +85,24 @@ impl RunReport {
         }
     }
 
+    /// stdout as text, bytes that are not UTF-8 replaced (U+FFFD).
+    pub fn stdout_text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.stdout)
+    }
+
+    /// stderr as text, bytes that are not UTF-8 replaced (U+FFFD).
+    pub fn stderr_text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.stderr)
+    }
+
     /// A run that Ignis could not carry out, said honestly.
     pub fn internal_error(message: impl Into<String>, vm: Option<&VmInfo>) -> RunReport {
         RunReport {
             status: Verdict::InternalError,
             exit_code: None,
             signal: None,
-            stdout: String::new(),
-            stderr: String::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
             compile_output: None,
             compile_ms: None,
             duration_ms: 0,
@@ -96,6 +113,20 @@ impl RunReport {
             message: Some(message.into()),
             vm: vm.map(Into::into),
         }
+    }
+}
+
+/// Output bytes as JSON text: UTF-8 as it is, other bytes replaced by
+/// U+FFFD on the way out; text read back becomes its UTF-8 bytes.
+mod output_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
     }
 }
 

@@ -180,7 +180,7 @@ pub fn hello_request(h: &Hello) -> RunRequest {
 }
 
 fn check_hello(h: &Hello, kind: &str, r: &report::RunReport) -> anyhow::Result<()> {
-    if r.status == Verdict::Ok && r.stdout.as_bytes() == EXPECTED {
+    if r.status == Verdict::Ok && r.stdout == EXPECTED {
         return Ok(());
     }
     bail!(
@@ -188,8 +188,8 @@ fn check_hello(h: &Hello, kind: &str, r: &report::RunReport) -> anyhow::Result<(
         h.language,
         kind,
         r.status,
-        r.stdout,
-        r.stderr,
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr),
         r.message
             .as_ref()
             .map(|m| format!(", {m}"))

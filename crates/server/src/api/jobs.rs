@@ -12,8 +12,9 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::parsed::CreateJob;
+use super::parsed::Encoding;
 use super::problem::Problem;
-use super::view::{JobList, JobView};
+use super::view::{JobList, JobSummary, JobView};
 use super::AppState;
 use crate::job::{Job, JobId, JobStatus};
 use crate::service::{self, ServiceError};
@@ -60,6 +61,10 @@ pub struct CreateParams {
     /// Hold the answer until the job ends (at most the server's wait limit).
     #[serde(default)]
     pub wait: bool,
+    /// How a finished job's stdout and stderr come back: `utf8` (default)
+    /// or `base64` for the exact bytes.
+    #[serde(default)]
+    pub encoding: Encoding,
 }
 
 #[utoipa::path(post, path = "/v1/jobs", request_body = CreateJob, params(CreateParams),
@@ -86,28 +91,41 @@ pub async fn create(
     let (id, owner) = (submitted.job.id, submitted.job.owner.clone());
     let first = submitted.job.clone();
     if let Some(done) = service::wait(svc, submitted).await? {
-        return Ok((StatusCode::OK, Json(JobView::from(&done))).into_response());
+        let view = JobView::new(&done, params.encoding);
+        return Ok((StatusCode::OK, Json(view)).into_response());
     }
     let current = svc.store.get(&owner, id).await?.unwrap_or(first);
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/jobs/{id}"))],
-        Json(JobView::from(&current)),
+        Json(JobView::new(&current, params.encoding)),
     )
         .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)),
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GetParams {
+    /// How stdout and stderr come back: `utf8` (default; text, with
+    /// `stdout_lossy` set when the bytes were not UTF-8) or `base64` (the
+    /// exact bytes).
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path), GetParams),
     responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 400, body = Problem)),
     security(("api_key" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobView>, Problem> {
+    let Query(params) = params.map_err(|e| Problem::bad_request("invalid-query", e.body_text()))?;
     let id = parse_id(&id)?;
     let job = owned(&state.svc, &caller, id).await?;
-    Ok(Json(JobView::from(&job)))
+    Ok(Json(JobView::new(&job, params.encoding)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -162,10 +180,10 @@ pub async fn list(
         )
         .await?;
     let more = jobs.len() > limit as usize;
-    let jobs: Vec<JobView> = jobs
+    let jobs: Vec<JobSummary> = jobs
         .iter()
         .take(limit as usize)
-        .map(JobView::from)
+        .map(JobSummary::from)
         .collect();
     let next_cursor = if more {
         jobs.last().map(|j| j.id)

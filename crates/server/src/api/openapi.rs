@@ -23,6 +23,8 @@ use utoipa::{Modify, OpenApi};
         super::problem::Problem,
         super::view::JobView,
         super::view::JobList,
+        super::view::JobSummary,
+        super::view::ResultView,
         super::view::LanguageView,
         super::view::PoolView,
         super::view::Health,

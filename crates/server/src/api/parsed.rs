@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ignis_protocol::{validate_files, File, Limits, RunRequest};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::problem::Problem;
 use crate::config::ServerConfig;
@@ -43,7 +43,10 @@ pub struct FileBody {
     pub encoding: Encoding,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
+/// How bytes travel in JSON: as UTF-8 text, or base64 of the exact bytes.
+/// For files and stdin in a submission, and for a job's stdout and stderr
+/// (`?encoding=` of `GET /v1/jobs/{id}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     #[default]

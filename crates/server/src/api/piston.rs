@@ -298,11 +298,16 @@ fn run_stage(r: &RunReport) -> Value {
         _ => None,
     };
     let code = if signal.is_some() { None } else { r.exit_code };
+    // Piston speaks text only: bytes that are not UTF-8 are replaced.
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr),
+    );
     json!({
-        "stdout": r.stdout,
-        "stderr": r.stderr,
+        "stdout": stdout,
+        "stderr": stderr,
         // Ignis keeps the two streams apart; Piston's interleaving is lost.
-        "output": format!("{}{}", r.stdout, r.stderr),
+        "output": format!("{stdout}{stderr}"),
         "code": code,
         "signal": signal,
         "message": message,

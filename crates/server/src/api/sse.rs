@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -13,7 +14,7 @@ use super::auth::Caller;
 use super::jobs::{owned, parse_id};
 use super::problem::Problem;
 use super::AppState;
-use crate::events::JobEvent;
+use crate::events::{BusError, JobEvent};
 use crate::job::Job;
 
 fn to_sse(ev: &JobEvent) -> Event {
@@ -21,6 +22,7 @@ fn to_sse(ev: &JobEvent) -> Event {
         JobEvent::Status { status } => serde_json::json!({ "status": status }),
         JobEvent::Output { data, .. } => serde_json::json!({ "data": data }),
         JobEvent::Result { job } => job.clone(),
+        JobEvent::Trimmed { limit } => serde_json::json!({ "limit": limit }),
     };
     Event::default().event(ev.name()).data(data.to_string())
 }
@@ -36,8 +38,10 @@ fn finished(job: &Job) -> Vec<JobEvent> {
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", params(("id" = String, Path)),
     responses((status = 200, content_type = "text/event-stream",
-               description = "events `status`, `stdout`, `stderr` and a final `result`"),
-              (status = 404, body = Problem)),
+               description = "events `status`, `stdout`, `stderr`, `trimmed` (the history \
+               kept for late subscribers was full; later output was live only) and a final `result`"),
+              (status = 404, body = Problem),
+              (status = 429, body = Problem, description = "the job has as many subscribers as it may")),
     security(("api_key" = [])))]
 pub async fn events(
     State(state): State<AppState>,
@@ -49,10 +53,17 @@ pub async fn events(
     let job = owned(svc, &caller, id).await?;
     // Subscribed before the store is read again, so an end between the
     // two is seen one way or the other.
-    let live =
-        svc.bus.subscribe(id).await.map_err(|e| {
+    let live = svc.bus.subscribe(id).await.map_err(|e| match e {
+        BusError::TooManySubscribers { .. } => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-subscribers",
+            "Too many subscribers",
+            e.to_string(),
+        ),
+        BusError::Unavailable(_) => {
             Problem::unavailable("unavailable", "Service unavailable", e.to_string())
-        })?;
+        }
+    })?;
     let now = svc.store.get(&caller.owner, id).await?.unwrap_or(job);
     let events: BoxStream<'static, JobEvent> = match live {
         Some(live) if !now.status.is_final() => live,

@@ -64,6 +64,11 @@ pub trait Acker: Send + Sync + std::fmt::Debug {
     async fn progress(&self) -> Result<(), QueueError>;
     /// A handle on the same delivery, for a keep-alive task.
     fn clone_box(&self) -> Box<dyn Acker>;
+    /// Whether a delivery never acknowledged comes back by itself. A
+    /// worker that could not take a job puts it back on the queue when not.
+    fn redelivers(&self) -> bool {
+        true
+    }
 }
 
 /// A delivery with nothing to acknowledge (the in-process queue).
@@ -82,6 +87,10 @@ impl Acker for NoAck {
 
     fn clone_box(&self) -> Box<dyn Acker> {
         Box::new(NoAck)
+    }
+
+    fn redelivers(&self) -> bool {
+        false
     }
 }
 

@@ -11,7 +11,7 @@ use ignis_protocol::{File, Limits, RunRequest, Verdict};
 use ignis_vmm::RunReport;
 use uuid::Uuid;
 
-use super::{ApiKey, Claimed, JobStore, ListQuery, StoreError};
+use super::{ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError};
 use crate::job::{Job, JobStatus, Timings, EXHAUSTED_MESSAGE};
 
 /// Two handles on one fresh database (two connections, so compare-and-set
@@ -36,6 +36,8 @@ macro_rules! conformance_tests {
             cancel_semantics,
             discard_only_what_no_worker_saw,
             in_status_lists_oldest_first,
+            outputs_are_exact_bytes_and_listings_skip_them,
+            pending_webhooks_are_kept_until_done,
             keys_round_trip);
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_claims_have_one_winner() {
@@ -490,5 +492,69 @@ pub(crate) async fn keys_round_trip(s: &dyn JobStore) {
             Err(StoreError::Backend(_))
         ),
         "unique hash"
+    );
+}
+
+/// What a program printed comes back byte for byte (control bytes, bytes
+/// that are not UTF-8, NUL), from `get`; a listing leaves outputs unread.
+pub(crate) async fn outputs_are_exact_bytes_and_listings_skip_them(s: &dyn JobStore) {
+    let j = job("alice", "python");
+    s.insert(&j).await.unwrap();
+    start(s, j.id, t(1)).await;
+    let mut r = report();
+    r.stdout = [vec![0x01; 64 * 1024], vec![0xff, 0xfe, 0x00, b'\n']].concat();
+    r.stderr = "é\u{0}".as_bytes().to_vec();
+    s.complete(j.id, 1, &r, Timings::default(), t(2))
+        .await
+        .unwrap();
+    let got = s.get("alice", j.id).await.unwrap().unwrap();
+    assert_eq!(got.result.as_ref(), Some(&r));
+    assert_eq!(
+        s.get_any(j.id).await.unwrap().unwrap().result,
+        Some(r.clone())
+    );
+    let listed = s.list("alice", &q(10)).await.unwrap();
+    let listed = listed[0].result.as_ref().expect("a listed result");
+    assert_eq!(
+        (listed.status, listed.stdout.len(), listed.stderr.len()),
+        (Verdict::Ok, 0, 0),
+        "a listing reads no outputs"
+    );
+    // A job inserted with its result keeps the bytes too.
+    let mut done = job("alice", "python");
+    done.status = JobStatus::Completed;
+    done.result = Some(r.clone());
+    s.insert(&done).await.unwrap();
+    assert_eq!(s.get("alice", done.id).await.unwrap(), Some(done));
+}
+
+pub(crate) async fn pending_webhooks_are_kept_until_done(s: &dyn JobStore) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    s.webhook_pending(a, "https://a.example/hook", b"{\"x\":1}")
+        .await
+        .unwrap();
+    s.webhook_pending(b, "https://b.example/hook", &[0, 0xff])
+        .await
+        .unwrap();
+    // Recorded again (a second end published): one delivery, the latest.
+    s.webhook_pending(a, "https://a.example/hook", b"{\"x\":2}")
+        .await
+        .unwrap();
+    let pending = s.webhooks_pending().await.unwrap();
+    let mut jobs: Vec<Uuid> = pending.iter().map(|p| p.job).collect();
+    jobs.sort();
+    assert_eq!(jobs, vec![a, b]);
+    assert!(pending.contains(&PendingWebhook {
+        job: a,
+        url: "https://a.example/hook".into(),
+        body: b"{\"x\":2}".to_vec(),
+    }));
+    s.webhook_done(a).await.unwrap();
+    s.webhook_done(a).await.unwrap();
+    let left = s.webhooks_pending().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].job, left[0].body.as_slice()),
+        (b, &[0u8, 0xff][..])
     );
 }

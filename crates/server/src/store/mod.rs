@@ -54,6 +54,36 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A result as the stores keep it: its JSON without the outputs, and the
+/// outputs as bytes (a BLOB or BYTEA column each), so that a program's
+/// bytes take as much room as they are long, not six times as much as
+/// JSON escapes of control bytes.
+pub(crate) fn result_parts(r: &RunReport) -> StoreResult<(String, Vec<u8>, Vec<u8>)> {
+    let mut meta = r.clone();
+    let stdout = std::mem::take(&mut meta.stdout);
+    let stderr = std::mem::take(&mut meta.stderr);
+    let json = serde_json::to_string(&meta)
+        .map_err(|e| StoreError::Backend(format!("encoding result: {e}")))?;
+    Ok((json, stdout, stderr))
+}
+
+/// The result read back with the outputs of its columns. A column that is
+/// NULL leaves what the JSON held: a listing that did not read them, or a
+/// row written before the outputs had columns of their own.
+pub(crate) fn with_outputs(
+    mut r: RunReport,
+    stdout: Option<Vec<u8>>,
+    stderr: Option<Vec<u8>>,
+) -> RunReport {
+    if let Some(out) = stdout {
+        r.stdout = out;
+    }
+    if let Some(err) = stderr {
+        r.stderr = err;
+    }
+    r
+}
+
 /// Filter and page of a listing; newest first.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -75,6 +105,14 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// A webhook delivery not yet over ([`JobStore::webhooks_pending`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWebhook {
+    pub job: JobId,
+    pub url: String,
+    pub body: Vec<u8>,
+}
+
 /// What claiming a delivered job did (see [`crate::job::ClaimDecision`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claimed {
@@ -93,6 +131,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn get(&self, owner: &str, id: JobId) -> StoreResult<Option<Job>>;
     /// A job whoever owns it (workers).
     async fn get_any(&self, id: JobId) -> StoreResult<Option<Job>>;
+    /// A page of the owner's jobs, newest first, *without their outputs*:
+    /// `result.stdout` and `result.stderr` are left unread (empty), so a
+    /// listing costs the same whatever the jobs printed. [`JobStore::get`]
+    /// has them.
     async fn list(&self, owner: &str, q: &ListQuery) -> StoreResult<Vec<Job>>;
     async fn count_queued(&self, owner: &str) -> StoreResult<u64>;
 
@@ -132,6 +174,14 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
+
+    /// Records the webhook delivery of job `id`'s end (replacing one it
+    /// had), so that a restart delivers it if this process does not.
+    async fn webhook_pending(&self, id: JobId, url: &str, body: &[u8]) -> StoreResult<()>;
+    /// The delivery of job `id` is over (delivered, or given up).
+    async fn webhook_done(&self, id: JobId) -> StoreResult<()>;
+    /// Deliveries recorded and not over, oldest first: `(job, url, body)`.
+    async fn webhooks_pending(&self) -> StoreResult<Vec<PendingWebhook>>;
 
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;

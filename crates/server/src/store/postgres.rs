@@ -15,9 +15,11 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use ignis_vmm::RunReport;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::NoTls;
 
-use super::{ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult};
+use super::{
+    result_parts, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError, StoreResult,
+};
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
 /// Schema steps, applied in order and recorded in `schema_migrations`.
@@ -53,6 +55,22 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE jobs ADD COLUMN compat TEXT;
 ",
+    // Outputs as bytes beside the result's JSON, rather than JSON-escaped
+    // inside it (a control byte took six). Earlier rows keep theirs in the
+    // JSON, where `with_outputs` still finds them: moving them here would
+    // need Postgres to decode `\u0000`, which its JSON refuses.
+    "
+    ALTER TABLE jobs ADD COLUMN stdout BYTEA, ADD COLUMN stderr BYTEA;
+",
+    // Webhook deliveries not yet over, so that a restart sends them.
+    "
+    CREATE TABLE webhooks (
+        job_id     UUID PRIMARY KEY,
+        url        TEXT NOT NULL,
+        body       BYTEA NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+",
 ];
 
 /// Taken while migrating, so processes starting together migrate once.
@@ -62,7 +80,12 @@ const MIGRATION_LOCK: i64 = 0x1915_0001;
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 const JOB_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, timings, \
-                           created_at, started_at, finished_at, attempts, compat";
+                           created_at, started_at, finished_at, attempts, compat, stdout, stderr";
+/// [`JOB_COLUMNS`] without the outputs, for listings: a page of jobs never
+/// reads what they printed.
+const SUMMARY_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, \
+                               timings, created_at, started_at, finished_at, attempts, compat, \
+                               NULL::BYTEA, NULL::BYTEA";
 
 /// The PostgreSQL implementation of [`JobStore`]. Cloning shares the pool.
 #[derive(Clone)]
@@ -78,51 +101,9 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// Sorts a driver error into retryable (the server is away) and fatal.
-fn pg(what: &str, e: tokio_postgres::Error) -> StoreError {
-    match e.code() {
-        // The server answered: the statement itself was refused.
-        Some(code) if !code.code().starts_with("08") && !code.code().starts_with("57P") => {
-            StoreError::Backend(format!("{what}: {e}"))
-        }
-        _ => StoreError::Unavailable(format!("{what}: {e}")),
-    }
-}
-
-fn json<T: serde::Serialize>(what: &str, v: &T) -> StoreResult<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encoding {what}: {e}")))
-}
-
-fn unjson<T: serde::de::DeserializeOwned>(id: JobId, what: &str, s: &str) -> StoreResult<T> {
-    serde_json::from_str(s)
-        .map_err(|e| StoreError::Backend(format!("job {id} in database: decoding {what}: {e}")))
-}
-
-fn u32_of(what: &str, n: i32) -> StoreResult<u32> {
-    u32::try_from(n).map_err(|_| StoreError::Backend(format!("{what} {n} out of range")))
-}
-
-fn job_of(r: &Row) -> StoreResult<Job> {
-    let id: JobId = r.get(0);
-    let status: String = r.get(3);
-    let text = |i: usize| r.get::<_, Option<String>>(i);
-    Ok(Job {
-        id,
-        owner: r.get(1),
-        language: r.get(2),
-        status: JobStatus::parse(&status)
-            .ok_or_else(|| StoreError::Backend(format!("job {id}: status {status:?}")))?,
-        request: unjson(id, "request", r.get(4))?,
-        webhook_url: r.get(5),
-        result: text(6).map(|s| unjson(id, "result", &s)).transpose()?,
-        timings: text(7).map(|s| unjson(id, "timings", &s)).transpose()?,
-        created_at: r.get(8),
-        started_at: r.get(9),
-        finished_at: r.get(10),
-        attempts: u32_of("attempts", r.get(11))?,
-        compat: r.get(12),
-    })
-}
+#[path = "postgres_decode.rs"]
+mod decode;
+use decode::{job_of, json, pg, u32_of};
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`) and brings the
@@ -301,7 +282,10 @@ async fn locked<T>(
 impl JobStore for PostgresStore {
     async fn insert(&self, job: &Job) -> StoreResult<()> {
         let request = json("request", &job.request)?;
-        let result = job.result.as_ref().map(|r| json("result", r)).transpose()?;
+        let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
+            Some((r, out, err)) => (Some(r), Some(out), Some(err)),
+            None => (None, None, None),
+        };
         let timings = job
             .timings
             .as_ref()
@@ -311,7 +295,7 @@ impl JobStore for PostgresStore {
         self.with("insert", async |c| {
             let sql = format!(
                 "INSERT INTO jobs ({JOB_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
             );
             c.execute(
                 &sql,
@@ -329,6 +313,8 @@ impl JobStore for PostgresStore {
                     &job.finished_at,
                     &attempts,
                     &job.compat,
+                    &stdout,
+                    &stderr,
                 ],
             )
             .await
@@ -353,7 +339,7 @@ impl JobStore for PostgresStore {
         let limit = i64::from(q.limit);
         self.with("list", async |c| {
             let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = $1 \
+                "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE owner = $1 \
                  AND ($2::TEXT IS NULL OR status = $2) \
                  AND ($3::TEXT IS NULL OR language = $3) \
                  AND ($4::UUID IS NULL OR id < $4) \
@@ -422,7 +408,7 @@ impl JobStore for PostgresStore {
         timings: Timings,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let result = json("result", result)?;
+        let (result, stdout, stderr) = result_parts(result)?;
         let timings = json("timings", &timings)?;
         self.with("complete", async |c| {
             locked(c, id, None, async |tx, job| {
@@ -432,9 +418,9 @@ impl JobStore for PostgresStore {
                         current: job.attempts,
                     });
                 }
-                let set = ", result = $3, timings = $4, finished_at = $5";
-                let t = Transition::Complete;
-                apply(tx, &job, t, set, &[&result, &timings, &at]).await
+                let set = ", result = $3, timings = $4, finished_at = $5, stdout = $6, stderr = $7";
+                let args: [&(dyn ToSql + Sync); 5] = [&result, &timings, &at, &stdout, &stderr];
+                apply(tx, &job, Transition::Complete, set, &args).await
             })
             .await
         })
@@ -501,6 +487,48 @@ impl JobStore for PostgresStore {
                 .await
                 .map_err(|e| pg("ping", e))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_pending(&self, id: JobId, url: &str, body: &[u8]) -> StoreResult<()> {
+        self.with("webhook_pending", async |c| {
+            let sql = "INSERT INTO webhooks (job_id, url, body) VALUES ($1, $2, $3) \
+                       ON CONFLICT (job_id) DO UPDATE SET url = $2, body = $3, created_at = now()";
+            let args: [&(dyn ToSql + Sync); 3] = [&id, &url, &body];
+            c.execute(sql, &args)
+                .await
+                .map_err(|e| pg("recording a webhook", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_done(&self, id: JobId) -> StoreResult<()> {
+        self.with("webhook_done", async |c| {
+            c.execute("DELETE FROM webhooks WHERE job_id = $1", &[&id])
+                .await
+                .map_err(|e| pg("clearing a webhook", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhooks_pending(&self) -> StoreResult<Vec<PendingWebhook>> {
+        self.with("webhooks_pending", async |c| {
+            let sql = "SELECT job_id, url, body FROM webhooks ORDER BY created_at, job_id";
+            let rows = c
+                .query(sql, &[])
+                .await
+                .map_err(|e| pg("listing pending webhooks", e))?;
+            Ok(rows
+                .iter()
+                .map(|r| PendingWebhook {
+                    job: r.get(0),
+                    url: r.get(1),
+                    body: r.get(2),
+                })
+                .collect())
         })
         .await
     }

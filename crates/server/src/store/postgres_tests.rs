@@ -89,7 +89,9 @@ async fn an_outage_is_unavailable_then_the_store_reconnects() {
 #[tokio::test]
 async fn results_from_before_the_output_columns_still_read() {
     let pg = Postgres::shared();
-    let s = PostgresStore::connect(&pg.database()).await.expect("connect");
+    let s = PostgresStore::connect(&pg.database())
+        .await
+        .expect("connect");
     let j = job();
     s.insert(&j).await.unwrap();
     let mut old = RunReport::internal_error("x", None);

@@ -6,7 +6,6 @@
 //! updates inside `IMMEDIATE` transactions, so they stay correct even when a
 //! second process (the CLI, a second server by mistake) opens the same file.
 
-use std::fmt::Display;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,10 +18,10 @@ use rusqlite::{
     params, params_from_iter, Connection, OptionalExtension, Params, Row, ToSql, Transaction,
     TransactionBehavior,
 };
-use serde::de::DeserializeOwned;
-use uuid::Uuid;
 
-use super::{ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult};
+use super::{
+    result_parts, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError, StoreResult,
+};
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
@@ -57,14 +56,39 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE jobs ADD COLUMN compat TEXT;
 ",
+    // Outputs as bytes beside the result's JSON, rather than JSON-escaped
+    // inside it (a control byte took six). Earlier results move over.
+    "
+    ALTER TABLE jobs ADD COLUMN stdout BLOB;
+    ALTER TABLE jobs ADD COLUMN stderr BLOB;
+    UPDATE jobs SET
+        stdout = CAST(json_extract(result, '$.stdout') AS BLOB),
+        stderr = CAST(json_extract(result, '$.stderr') AS BLOB),
+        result = json_set(result, '$.stdout', '', '$.stderr', '')
+    WHERE result IS NOT NULL;
+",
+    // Webhook deliveries not yet over, so that a restart sends them.
+    "
+    CREATE TABLE webhooks (
+        job_id     TEXT PRIMARY KEY,
+        url        TEXT NOT NULL,
+        body       BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+",
 ];
 
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const JOB_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, timings, \
-                           created_at, started_at, finished_at, attempts, compat";
-const JOB_PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13";
+                           created_at, started_at, finished_at, attempts, compat, stdout, stderr";
+/// [`JOB_COLUMNS`] without the outputs, for listings: a page of jobs never
+/// reads what they printed.
+const SUMMARY_COLUMNS: &str = "id, owner, language, status, request, webhook_url, result, \
+                               timings, created_at, started_at, finished_at, attempts, compat, \
+                               NULL, NULL";
+const JOB_PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15";
 
 /// The SQLite implementation of [`JobStore`]. Cloning shares the connection.
 ///
@@ -167,118 +191,6 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     }
 }
 
-/// Turns rusqlite, serde and other errors into `StoreError::Backend`, saying
-/// what was being done.
-trait Context<T> {
-    fn ctx(self, what: impl Display) -> StoreResult<T>;
-}
-
-impl<T, E: Display> Context<T> for Result<T, E> {
-    fn ctx(self, what: impl Display) -> StoreResult<T> {
-        self.map_err(|e| StoreError::Backend(format!("{what}: {e}")))
-    }
-}
-
-fn to_ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or("out of range")
-        .ctx(format_args!("timestamp {ms}"))
-}
-
-fn to_json<T: serde::Serialize>(what: &str, v: &T) -> StoreResult<String> {
-    serde_json::to_string(v).ctx(format_args!("encoding {what}"))
-}
-
-fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> StoreResult<T> {
-    serde_json::from_str(s).ctx(format_args!("decoding {what}"))
-}
-
-fn parse_status(s: &str) -> StoreResult<JobStatus> {
-    JobStatus::parse(s)
-        .ok_or("unknown")
-        .ctx(format_args!("job status {s:?}"))
-}
-
-fn parse_id(s: &str) -> StoreResult<JobId> {
-    Uuid::parse_str(s).ctx(format_args!("job id {s:?}"))
-}
-
-fn opt_u32(what: &str, v: Option<i64>) -> StoreResult<Option<u32>> {
-    v.map(|n| u32::try_from(n).ctx(format_args!("{what} {n}")))
-        .transpose()
-}
-
-/// A `jobs` row as SQLite hands it over; decoding the JSON and timestamps
-/// happens outside rusqlite's row closure so those errors keep their context.
-struct RawJob {
-    id: String,
-    owner: String,
-    language: String,
-    status: String,
-    request: String,
-    webhook_url: Option<String>,
-    result: Option<String>,
-    timings: Option<String>,
-    created_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    attempts: i64,
-    compat: Option<String>,
-}
-
-impl RawJob {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<RawJob> {
-        Ok(RawJob {
-            id: r.get(0)?,
-            owner: r.get(1)?,
-            language: r.get(2)?,
-            status: r.get(3)?,
-            request: r.get(4)?,
-            webhook_url: r.get(5)?,
-            result: r.get(6)?,
-            timings: r.get(7)?,
-            created_at: r.get(8)?,
-            started_at: r.get(9)?,
-            finished_at: r.get(10)?,
-            attempts: r.get(11)?,
-            compat: r.get(12)?,
-        })
-    }
-
-    fn into_job(self) -> StoreResult<Job> {
-        let job = |e: StoreError| StoreError::Backend(format!("job {} in database: {e}", self.id));
-        Ok(Job {
-            id: parse_id(&self.id)?,
-            status: parse_status(&self.status).map_err(job)?,
-            request: from_json("request", &self.request).map_err(job)?,
-            result: self
-                .result
-                .as_deref()
-                .map(|s| from_json("result", s))
-                .transpose()
-                .map_err(job)?,
-            timings: self
-                .timings
-                .as_deref()
-                .map(|s| from_json("timings", s))
-                .transpose()
-                .map_err(job)?,
-            created_at: from_ms(self.created_at).map_err(job)?,
-            started_at: self.started_at.map(from_ms).transpose().map_err(job)?,
-            finished_at: self.finished_at.map(from_ms).transpose().map_err(job)?,
-            attempts: u32::try_from(self.attempts).ctx("attempts").map_err(job)?,
-            owner: self.owner,
-            language: self.language,
-            webhook_url: self.webhook_url,
-            compat: self.compat,
-        })
-    }
-}
-
 /// Loads one job by id, optionally only if `owner` owns it.
 fn load(conn: &Connection, id: JobId, owner: Option<&str>) -> StoreResult<Option<Job>> {
     let sql =
@@ -357,11 +269,10 @@ impl JobStore for SqliteStore {
     async fn insert(&self, job: &Job) -> StoreResult<()> {
         let job = job.clone();
         let request = to_json("request", &job.request)?;
-        let result = job
-            .result
-            .as_ref()
-            .map(|r| to_json("result", r))
-            .transpose()?;
+        let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
+            Some((r, out, err)) => (Some(r), Some(out), Some(err)),
+            None => (None, None, None),
+        };
         let timings = job
             .timings
             .as_ref()
@@ -383,6 +294,8 @@ impl JobStore for SqliteStore {
                 job.finished_at.map(to_ms),
                 job.attempts,
                 job.compat,
+                stdout,
+                stderr,
             ];
             conn.execute(&sql, args)
                 .ctx(format_args!("inserting job {}", job.id))?;
@@ -403,7 +316,7 @@ impl JobStore for SqliteStore {
     async fn list(&self, owner: &str, q: &ListQuery) -> StoreResult<Vec<Job>> {
         // Only the filters in use go into the SQL, so SQLite can walk the
         // (owner, id) index backwards from the cursor and stop at the limit.
-        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE owner = ?1");
+        let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM jobs WHERE owner = ?1");
         let mut args = vec![Value::from(owner.to_owned())];
         let mut filter = |column: &str, op: &str, value: Value| {
             args.push(value);
@@ -479,7 +392,7 @@ impl JobStore for SqliteStore {
         timings: Timings,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let result = to_json("result", result)?;
+        let (result, stdout, stderr) = result_parts(result)?;
         let timings = to_json("timings", &timings)?;
         self.write("complete", move |tx| {
             let (status, current_attempt) = current(tx, id, None)?;
@@ -489,9 +402,9 @@ impl JobStore for SqliteStore {
                     current: current_attempt,
                 });
             }
-            let (set, at) = (", result = ?3, timings = ?4, finished_at = ?5", to_ms(at));
-            let t = Transition::Complete;
-            cas(tx, id, None, t, set, params![result, timings, at])?;
+            let set = ", result = ?3, timings = ?4, finished_at = ?5, stdout = ?6, stderr = ?7";
+            let args = params![result, timings, to_ms(at), stdout, stderr];
+            cas(tx, id, None, Transition::Complete, set, args)?;
             Ok(())
         })
         .await
@@ -555,6 +468,48 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn webhook_pending(&self, id: JobId, url: &str, body: &[u8]) -> StoreResult<()> {
+        let (url, body, now) = (url.to_owned(), body.to_vec(), to_ms(Utc::now()));
+        self.call(move |conn| {
+            let sql = "INSERT OR REPLACE INTO webhooks (job_id, url, body, created_at) \
+                       VALUES (?1, ?2, ?3, ?4)";
+            conn.execute(sql, params![id.to_string(), url, body, now])
+                .ctx(format_args!("recording the webhook of job {id}"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_done(&self, id: JobId) -> StoreResult<()> {
+        self.call(move |conn| {
+            let sql = "DELETE FROM webhooks WHERE job_id = ?1";
+            conn.execute(sql, params![id.to_string()])
+                .ctx(format_args!("clearing the webhook of job {id}"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhooks_pending(&self) -> StoreResult<Vec<PendingWebhook>> {
+        self.call(move |conn| {
+            let sql = "SELECT job_id, url, body FROM webhooks ORDER BY created_at, job_id";
+            let raw = rows(conn, sql, [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+            });
+            raw.ctx("listing pending webhooks")?
+                .into_iter()
+                .map(|(job, url, body)| {
+                    Ok(PendingWebhook {
+                        job: parse_id(&job)?,
+                        url,
+                        body,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()> {
         let key = key.clone();
         let hash = secret_hash.to_owned();
@@ -602,6 +557,10 @@ impl JobStore for SqliteStore {
         .await
     }
 }
+
+#[path = "sqlite_decode.rs"]
+mod decode;
+use decode::{from_ms, opt_u32, parse_id, parse_status, to_json, to_ms, Context, RawJob};
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

@@ -129,11 +129,15 @@ async fn a_finished_job_is_posted_to_its_webhook_signed() {
     assert_eq!(header("content-type"), "application/json");
     assert_eq!(header(ignis_server::webhook::DELIVERY_HEADER), "1");
     let secret = std::fs::read_to_string(app.data_dir.join("webhook-secret")).expect("secret");
-    let expected = ignis_server::webhook::sign(secret.trim().as_bytes(), &body);
-    assert_eq!(header(ignis_server::webhook::SIGNATURE_HEADER), expected);
-    assert_ne!(
-        ignis_server::webhook::sign(b"another secret", &body),
-        expected,
+    let ts = header(ignis_server::webhook::TIMESTAMP_HEADER);
+    let signature = header(ignis_server::webhook::SIGNATURE_HEADER);
+    let (secret, now) = (secret.trim().as_bytes(), chrono::Utc::now().timestamp());
+    let tolerance = ignis_server::webhook::TIMESTAMP_TOLERANCE;
+    ignis_server::webhook::verify(secret, &ts, &signature, &body, now, tolerance)
+        .expect("signed with the secret, just now");
+    assert!(
+        ignis_server::webhook::verify(b"another secret", &ts, &signature, &body, now, tolerance)
+            .is_err(),
         "the signature depends on the secret"
     );
     let delivered: Value = serde_json::from_slice(&body).expect("JSON body");

@@ -181,7 +181,7 @@ pub fn status(job: &Job, kept: &Kept) -> (i64, Option<String>) {
     match r.status {
         Verdict::Ok if cpu_over => (5, Some("CPU time limit exceeded".into())),
         Verdict::Ok => match &kept.expected_output {
-            Some(want) if strip(want) != strip(&r.stdout) => (4, None),
+            Some(want) if strip(want) != strip(&String::from_utf8_lossy(&r.stdout)) => (4, None),
             _ => (3, None),
         },
         Verdict::CompileError => (6, None),
@@ -324,8 +324,8 @@ pub fn submission(job: &Job, fields: &[&str], base64: bool, name: Option<String>
             }
             "stdin" => bytes(&job.request.stdin, base64),
             "expected_output" => text(kept.expected_output.clone(), base64),
-            "stdout" => done(&|r| text(Some(r.stdout.clone()), base64)),
-            "stderr" => done(&|r| text(Some(r.stderr.clone()), base64)),
+            "stdout" => done(&|r| bytes(&r.stdout, base64)),
+            "stderr" => done(&|r| bytes(&r.stderr, base64)),
             "compile_output" => done(&|r| text(r.compile_output.clone(), base64)),
             "message" => json!(message),
             "status" => status_json(status_id),

@@ -239,6 +239,7 @@ pub(super) fn ids(list: &Value) -> Vec<String> {
 
 mod access;
 mod judge0;
+mod output;
 mod piston;
 mod playground;
 mod service;
