@@ -19,6 +19,11 @@ use crate::job::JobId;
 pub struct QueuedJob {
     pub id: JobId,
     pub language: String,
+    /// Whose job it is: the queue takes turns between owners.
+    pub owner: String,
+    /// Jobs of this owner that may run at once (`None`: no cap); a queue
+    /// that enforces it holds the owner's next job back meanwhile.
+    pub max_running: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
