@@ -1,6 +1,6 @@
 //! The JetStream queue at its seam, on a real nats-server started for
-//! these tests: routing by language, redelivery of what was never
-//! acknowledged, duplicates and the stream's limit.
+//! these tests: routing by language, turns between owners, redelivery of
+//! what was never acknowledged, duplicates and the stream's limit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,9 +14,15 @@ use super::*;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn job(n: u128, language: &str) -> QueuedJob {
+    job_of(n, language, "alice")
+}
+
+fn job_of(n: u128, language: &str, owner: &str) -> QueuedJob {
     QueuedJob {
         id: uuid::Uuid::from_u128(n),
         language: language.into(),
+        owner: owner.into(),
+        max_running: None,
     }
 }
 
@@ -122,4 +128,44 @@ async fn a_full_stream_refuses_and_a_lost_server_is_unavailable() {
     }
     assert_eq!(stream_messages(&client).await, 1);
     drop(nats);
+}
+
+#[tokio::test]
+async fn owners_take_turns_and_each_owners_jobs_keep_their_order() {
+    let nats = tokio::task::spawn_blocking(Nats::start).await.unwrap();
+    let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
+    let cfg = NatsQueueConfig::default();
+    let api = NatsQueue::publisher(client.clone(), cfg.clone())
+        .await
+        .unwrap();
+    for n in 0..50 {
+        api.push(job_of(n, "python", "a")).await.unwrap();
+    }
+    api.push(job_of(1000, "python", "b")).await.unwrap();
+    api.push(job_of(1001, "python", "b")).await.unwrap();
+    assert_eq!(stream_messages(&client).await, 52);
+    let worker = NatsQueue::puller(client.clone(), cfg, &["python".into()])
+        .await
+        .unwrap();
+    let mut got = vec![];
+    for _ in 0..6 {
+        let d = pop(&worker).await;
+        got.push(d.job.clone());
+        d.handle.ack().await.unwrap();
+    }
+    assert!(
+        got[..2].contains(&job_of(1000, "python", "b")),
+        "b's first job was not among the first two pops: {got:?}"
+    );
+    // Turns alternate while both have jobs; then a alone.
+    let owners: Vec<&str> = got.iter().map(|j| j.owner.as_str()).collect();
+    assert!(owners[..4] == ["a", "b", "a", "b"] || owners[..4] == ["b", "a", "b", "a"]);
+    assert_eq!(owners[4..], ["a", "a"]);
+    let a: Vec<u128> = got
+        .iter()
+        .filter(|j| j.owner == "a")
+        .map(|j| j.id.as_u128())
+        .collect();
+    assert_eq!(a, [0, 1, 2, 3], "a's jobs in the order they came");
+    assert_eq!(stream_messages(&client).await, 52 - 6);
 }
