@@ -112,7 +112,9 @@ impl Drop for Slot {
 /// The in-process queue has nothing to acknowledge; the handle only holds
 /// the owner's running slot.
 #[derive(Debug, Clone)]
-struct MemoryAck(#[allow(dead_code)] Arc<Slot>);
+struct MemoryAck {
+    _slot: Arc<Slot>,
+}
 
 #[async_trait]
 impl Acker for MemoryAck {
@@ -168,7 +170,9 @@ impl JobQueue for MemoryQueue {
                     return Ok(Delivery {
                         job,
                         redelivered: false,
-                        handle: Box::new(MemoryAck(Arc::new(slot))),
+                        handle: Box::new(MemoryAck {
+                            _slot: Arc::new(slot),
+                        }),
                     });
                 }
             }

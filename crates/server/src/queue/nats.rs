@@ -176,15 +176,19 @@ impl NatsQueue {
         let demand = Arc::new(Semaphore::new(0));
         let (tx, rx) = mpsc::channel(languages.len().max(1));
         let closed = CancellationToken::new();
+        let shared = turns::Shared {
+            demand: demand.clone(),
+            tx,
+            closed: closed.clone(),
+            running: Arc::default(),
+        };
         for language in languages {
             let puller = turns::Puller::new(
                 language.clone(),
                 client.clone(),
                 stream.clone(),
                 cfg.ack_wait,
-                demand.clone(),
-                tx.clone(),
-                closed.clone(),
+                shared.clone(),
             )
             .await?;
             tokio::spawn(puller.run());
@@ -229,19 +233,27 @@ impl NatsQueue {
     }
 }
 
+/// A delivery's message, and the running slot of its owner on this worker
+/// (given back when the last handle on the delivery is dropped).
 #[derive(Debug, Clone)]
-struct NatsAck(Arc<jetstream::Message>);
+struct NatsAck {
+    msg: Arc<jetstream::Message>,
+    _slot: Arc<turns::Slot>,
+}
 
 #[async_trait]
 impl Acker for NatsAck {
     async fn ack(&self) -> Result<(), QueueError> {
         // Double ack: the server confirmed it, so an ack lost on the way
         // is an error here rather than a silent redelivery.
-        self.0.double_ack().await.map_err(|e| unavailable("ack", e))
+        self.msg
+            .double_ack()
+            .await
+            .map_err(|e| unavailable("ack", e))
     }
 
     async fn progress(&self) -> Result<(), QueueError> {
-        self.0
+        self.msg
             .ack_with(AckKind::Progress)
             .await
             .map_err(|e| unavailable("progress", e))

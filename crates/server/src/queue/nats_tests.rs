@@ -169,3 +169,48 @@ async fn owners_take_turns_and_each_owners_jobs_keep_their_order() {
     assert_eq!(a, [0, 1, 2, 3], "a's jobs in the order they came");
     assert_eq!(stream_messages(&client).await, 52 - 6);
 }
+
+#[tokio::test]
+async fn an_owner_at_its_running_cap_on_a_worker_waits_while_others_go_ahead() {
+    let nats = tokio::task::spawn_blocking(Nats::start).await.unwrap();
+    let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
+    let cfg = NatsQueueConfig::default();
+    let api = NatsQueue::publisher(client.clone(), cfg.clone())
+        .await
+        .unwrap();
+    let capped = |n| QueuedJob {
+        max_running: Some(1),
+        ..job_of(n, "python", "a")
+    };
+    for n in 1..=3 {
+        api.push(capped(n)).await.unwrap();
+    }
+    for n in 11..=13 {
+        api.push(job_of(n, "python", "b")).await.unwrap();
+    }
+    let worker = NatsQueue::puller(client.clone(), cfg, &["python".into()])
+        .await
+        .unwrap();
+    // While a's first job runs, its others are passed over: without the
+    // cap, turns would have handed out a's second job among these four.
+    let mut a_running = vec![];
+    let mut b_done = vec![];
+    for _ in 0..4 {
+        let d = pop(&worker).await;
+        match d.job.owner.as_str() {
+            "a" => a_running.push(d),
+            _ => {
+                b_done.push(d.job.id.as_u128());
+                d.handle.ack().await.unwrap();
+            }
+        }
+    }
+    assert_eq!(a_running.len(), 1, "a ran more than its cap");
+    assert_eq!(a_running[0].job.id.as_u128(), 1);
+    assert_eq!(b_done, [11, 12, 13]);
+    // a's job ends: its next one goes.
+    let first = a_running.pop().unwrap();
+    first.handle.ack().await.unwrap();
+    drop(first);
+    assert_eq!(pop(&worker).await.job.id.as_u128(), 2);
+}

@@ -14,15 +14,19 @@
 //! published (it listens on the subjects, an ordinary NATS subscription),
 //! or at most [`RECHECK`], the time it takes to notice a job whose worker
 //! was lost and whose redelivery is due.
+//!
+//! A key's `max_running` is counted per worker process: an owner with that
+//! many deliveries alive here is passed over (keeping its turn) until one
+//! of them is dropped. Across workers it is not (yet) one global cap.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::{stream, AckKind};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{unavailable, JobMessage, NatsAck};
@@ -34,6 +38,64 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// How long an owner's consumer may go unused before the server drops it.
 const CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 
+/// What the pullers of one worker process share.
+#[derive(Debug, Clone)]
+pub(super) struct Shared {
+    /// Free slots that asked for a job and have not got one.
+    pub demand: Arc<Semaphore>,
+    pub tx: mpsc::Sender<Delivery>,
+    pub closed: CancellationToken,
+    pub running: Arc<Running>,
+}
+
+/// Deliveries alive in this process per owner (by the hash in its
+/// subject), with the owner's `max_running` as its last job said.
+#[derive(Debug, Default)]
+pub(super) struct Running {
+    owners: Mutex<HashMap<String, (u32, Option<u32>)>>,
+    /// Told when a slot is given back: an owner held at its cap may go on.
+    freed: Notify,
+}
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Option<u32>)>> {
+        // Plain counters; a panic elsewhere leaves them usable.
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn at_cap(&self, owner: &str) -> bool {
+        let g = self.lock();
+        g.get(owner)
+            .is_some_and(|(n, cap)| cap.is_some_and(|cap| *n >= cap))
+    }
+}
+
+/// One owner's running slot on this worker.
+#[derive(Debug)]
+pub(super) struct Slot {
+    running: Arc<Running>,
+    owner: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.running.lock();
+        if let Some((n, _)) = g.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.remove(&self.owner);
+            }
+        }
+        drop(g);
+        self.running.freed.notify_waiters();
+    }
+}
+
+/// The owner part (a hash) of a job subject.
+fn owner_of(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or_default()
+}
+
 /// Pulls one language's jobs, one per unit of demand, owners in turn.
 pub(super) struct Puller {
     language: String,
@@ -42,6 +104,7 @@ pub(super) struct Puller {
     demand: Arc<Semaphore>,
     tx: mpsc::Sender<Delivery>,
     closed: CancellationToken,
+    running: Arc<Running>,
     /// Every job published on this language's subjects, as a wake-up.
     wake: async_nats::Subscriber,
     /// The owners' consumers, by subject, made on first use.
@@ -56,9 +119,7 @@ impl Puller {
         client: async_nats::Client,
         stream: stream::Stream,
         ack_wait: Duration,
-        demand: Arc<Semaphore>,
-        tx: mpsc::Sender<Delivery>,
-        closed: CancellationToken,
+        shared: Shared,
     ) -> Result<Puller, QueueError> {
         let wake = client
             .subscribe(format!("ignis.jobs.{language}.>"))
@@ -68,9 +129,10 @@ impl Puller {
             language,
             stream,
             ack_wait,
-            demand,
-            tx,
-            closed,
+            demand: shared.demand,
+            tx: shared.tx,
+            closed: shared.closed,
+            running: shared.running,
             wake,
             consumers: HashMap::new(),
             last: None,
@@ -104,9 +166,11 @@ impl Puller {
                 Ok(None) => {
                     // Another language may meet the demand meanwhile.
                     self.demand.add_permits(1);
+                    let running = self.running.clone();
                     tokio::select! {
                         () = closed.cancelled() => return,
                         _ = self.wake.next() => {}
+                        () = running.freed.notified() => {}
                         () = tokio::time::sleep(RECHECK) => {}
                     }
                 }
@@ -136,7 +200,8 @@ impl Puller {
         let mut subjects = vec![];
         while let Some(item) = info.next().await {
             let (subject, count) = item.map_err(|e| unavailable("listing queued owners", e))?;
-            if count > 0 {
+            // An owner at its running cap here keeps its turn for later.
+            if count > 0 && !self.running.at_cap(owner_of(&subject)) {
                 subjects.push(subject);
             }
         }
@@ -161,8 +226,7 @@ impl Puller {
         if let Some(c) = self.consumers.get(subject) {
             return Ok(c.clone());
         }
-        let owner = subject.rsplit('.').next().unwrap_or_default();
-        let name = format!("jobs-{}-{owner}", self.language);
+        let name = format!("jobs-{}-{}", self.language, owner_of(subject));
         let consumer = self
             .stream
             .get_or_create_consumer(
@@ -211,6 +275,17 @@ impl Puller {
             }
         };
         let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
+        let owner = owner_of(subject).to_owned();
+        {
+            let mut g = self.running.lock();
+            let entry = g.entry(owner.clone()).or_insert((0, None));
+            entry.0 += 1;
+            entry.1 = job.max_running;
+        }
+        let slot = Slot {
+            running: self.running.clone(),
+            owner,
+        };
         Ok(Some(Delivery {
             job: QueuedJob {
                 id: job.id,
@@ -219,7 +294,10 @@ impl Puller {
                 max_running: job.max_running,
             },
             redelivered,
-            handle: Box::new(NatsAck(Arc::new(msg))),
+            handle: Box::new(NatsAck {
+                msg: Arc::new(msg),
+                _slot: Arc::new(slot),
+            }),
         }))
     }
 }
