@@ -214,3 +214,35 @@ async fn an_owner_at_its_running_cap_on_a_worker_waits_while_others_go_ahead() {
     drop(first);
     assert_eq!(pop(&worker).await.job.id.as_u128(), 2);
 }
+
+/// A job an older API published on the language's own subject (before
+/// owners had theirs) is still delivered.
+#[tokio::test]
+async fn jobs_on_the_subject_from_before_owners_are_still_pulled() {
+    let nats = tokio::task::spawn_blocking(Nats::start).await.unwrap();
+    let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
+    let cfg = NatsQueueConfig::default();
+    let api = NatsQueue::publisher(client.clone(), cfg.clone())
+        .await
+        .unwrap();
+    let js = jetstream::new(client.clone());
+    let old = serde_json::json!({"id": job(5, "python").id, "language": "python"});
+    js.publish("ignis.jobs.python", old.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    api.push(job_of(6, "python", "b")).await.unwrap();
+    let worker = NatsQueue::puller(client.clone(), cfg, &["python".into()])
+        .await
+        .unwrap();
+    let mut got = vec![];
+    for _ in 0..2 {
+        let d = pop(&worker).await;
+        got.push(d.job.id.as_u128());
+        d.handle.ack().await.unwrap();
+    }
+    got.sort();
+    assert_eq!(got, [5, 6]);
+    assert_eq!(stream_messages(&client).await, 0);
+}

@@ -191,17 +191,21 @@ impl Puller {
     /// The next job in turn: from the first owner after the one served
     /// last that has a job to hand out now.
     async fn next_job(&mut self) -> Result<Option<Delivery>, QueueError> {
-        let filter = format!("ignis.jobs.{}.>", self.language);
+        let (legacy, prefix) = (
+            self.legacy_subject(),
+            format!("ignis.jobs.{}.", self.language),
+        );
         let mut info = self
             .stream
-            .info_with_subjects(&filter)
+            .info_with_subjects("ignis.jobs.>")
             .await
             .map_err(|e| unavailable("listing queued owners", e))?;
         let mut subjects = vec![];
         while let Some(item) = info.next().await {
             let (subject, count) = item.map_err(|e| unavailable("listing queued owners", e))?;
+            let ours = subject.starts_with(&prefix) || subject == legacy;
             // An owner at its running cap here keeps its turn for later.
-            if count > 0 && !self.running.at_cap(owner_of(&subject)) {
+            if ours && count > 0 && !self.running.at_cap(owner_of(&subject)) {
                 subjects.push(subject);
             }
         }
@@ -221,12 +225,24 @@ impl Puller {
         Ok(None)
     }
 
+    /// The subject of this language's jobs before owners had their own:
+    /// what an older API process published is pulled too, as one more
+    /// owner, so an upgrade strands no job.
+    fn legacy_subject(&self) -> String {
+        format!("ignis.jobs.{}", self.language)
+    }
+
     /// The consumer of one owner's subject, made (or found) on first use.
     async fn consumer(&mut self, subject: &str) -> Result<Consumer<pull::Config>, QueueError> {
         if let Some(c) = self.consumers.get(subject) {
             return Ok(c.clone());
         }
-        let name = format!("jobs-{}-{}", self.language, owner_of(subject));
+        let name = match subject == self.legacy_subject() {
+            // The consumer of that subject from before, so as not to
+            // overlap with it (a work queue allows one per subject).
+            true => format!("jobs-{}", self.language),
+            false => format!("jobs-{}-{}", self.language, owner_of(subject)),
+        };
         let consumer = self
             .stream
             .get_or_create_consumer(
