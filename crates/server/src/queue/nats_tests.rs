@@ -246,3 +246,54 @@ async fn jobs_on_the_subject_from_before_owners_are_still_pulled() {
     assert_eq!(got, [5, 6]);
     assert_eq!(stream_messages(&client).await, 0);
 }
+
+/// Two workers: while one runs the capped owner's job, the other gets only
+/// the other owner's jobs, because the owner's consumer hands out no more.
+#[tokio::test]
+async fn an_owners_running_cap_holds_across_workers() {
+    let nats = tokio::task::spawn_blocking(Nats::start).await.unwrap();
+    let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
+    let cfg = NatsQueueConfig::default();
+    let api = NatsQueue::publisher(client.clone(), cfg.clone())
+        .await
+        .unwrap();
+    let capped = |n| QueuedJob {
+        max_running: Some(1),
+        ..job_of(n, "python", "a")
+    };
+    for n in 1..=3 {
+        api.push(capped(n)).await.unwrap();
+    }
+    for n in 11..=14 {
+        api.push(job_of(n, "python", "b")).await.unwrap();
+    }
+    let one = NatsQueue::puller(client.clone(), cfg.clone(), &["python".into()])
+        .await
+        .unwrap();
+    let two = NatsQueue::puller(client.clone(), cfg, &["python".into()])
+        .await
+        .unwrap();
+    // Turns give worker one a's first job within two pops.
+    let mut held = None;
+    let mut b_left = 4;
+    for _ in 0..2 {
+        let d = pop(&one).await;
+        if d.job.owner == "a" {
+            held = Some(d);
+            break;
+        }
+        d.handle.ack().await.unwrap();
+        b_left -= 1;
+    }
+    let held = held.expect("a's job among worker one's first two pops");
+    assert_eq!(held.job.id.as_u128(), 1);
+    // Worker two has nothing of a's running, yet gets only b's jobs.
+    for _ in 0..b_left {
+        let d = pop(&two).await;
+        assert_eq!(d.job.owner, "b", "a's second job ran beside its first");
+        d.handle.ack().await.unwrap();
+    }
+    held.handle.ack().await.unwrap();
+    drop(held);
+    assert_eq!(pop(&two).await.job.id.as_u128(), 2);
+}

@@ -15,9 +15,11 @@
 //! or at most [`RECHECK`], the time it takes to notice a job whose worker
 //! was lost and whose redelivery is due.
 //!
-//! A key's `max_running` is counted per worker process: an owner with that
-//! many deliveries alive here is passed over (keeping its turn) until one
-//! of them is dropped. Across workers it is not (yet) one global cap.
+//! A key's `max_running` holds across every worker, per language: the
+//! owner's consumer hands out at most that many jobs not yet acknowledged
+//! (`max_ack_pending`, set from what the owner's newest job says), and a
+//! job is acknowledged once it ended. Each worker also counts its own deliveries per owner and passes
+//! over an owner at its cap (keeping its turn), so it does not even ask.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,9 @@ use crate::queue::{Delivery, QueueError, QueuedJob};
 
 /// The longest a puller with nothing to pull waits before it looks again.
 const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a pull from an owner at its cap waits for the server to say so.
+const CAPPED_WAIT: Duration = Duration::from_millis(250);
 
 /// How long an owner's consumer may go unused before the server drops it.
 const CONSUMER_IDLE: Duration = Duration::from_secs(3600);
@@ -237,44 +242,83 @@ impl Puller {
         if let Some(c) = self.consumers.get(subject) {
             return Ok(c.clone());
         }
-        let name = match subject == self.legacy_subject() {
-            // The consumer of that subject from before, so as not to
-            // overlap with it (a work queue allows one per subject).
-            true => format!("jobs-{}", self.language),
-            false => format!("jobs-{}-{}", self.language, owner_of(subject)),
-        };
+        let name = self.consumer_name(subject);
         let consumer = self
             .stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: subject.to_owned(),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    // The store ends a job that keeps losing its workers;
-                    // the queue never drops one by itself.
-                    max_deliver: -1,
-                    inactive_threshold: CONSUMER_IDLE,
-                    ..Default::default()
-                },
-            )
+            .get_or_create_consumer(&name, self.consumer_config(subject, None))
             .await
             .map_err(|e| unavailable(&format!("consumer {name}"), e))?;
         self.consumers.insert(subject.to_owned(), consumer.clone());
         Ok(consumer)
     }
 
+    fn consumer_name(&self, subject: &str) -> String {
+        match subject == self.legacy_subject() {
+            // The consumer of that subject from before, so as not to
+            // overlap with it (a work queue allows one per subject).
+            true => format!("jobs-{}", self.language),
+            false => format!("jobs-{}-{}", self.language, owner_of(subject)),
+        }
+    }
+
+    /// The consumer of `subject`, handing out at most `max_running` jobs
+    /// not yet acknowledged (`None`: no cap).
+    fn consumer_config(&self, subject: &str, max_running: Option<u32>) -> pull::Config {
+        let name = self.consumer_name(subject);
+        pull::Config {
+            durable_name: Some(name),
+            filter_subject: subject.to_owned(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            // The store ends a job that keeps losing its workers; the
+            // queue never drops one by itself.
+            max_deliver: -1,
+            max_ack_pending: max_running.map_or(-1, i64::from),
+            inactive_threshold: CONSUMER_IDLE,
+            ..Default::default()
+        }
+    }
+
+    /// Makes the server hold `subject`'s jobs beyond `max_running` (the
+    /// owner's cap as its newest job says) across every worker: a work
+    /// queue consumer hands out no more than `max_ack_pending` jobs not
+    /// yet acknowledged, and a job is acknowledged once it ended.
+    async fn cap(&mut self, subject: &str, max_running: Option<u32>) -> Result<(), QueueError> {
+        let want = max_running.map_or(-1, i64::from);
+        let current = self
+            .consumers
+            .get(subject)
+            .map(|c| c.cached_info().config.max_ack_pending);
+        if current == Some(want) {
+            return Ok(());
+        }
+        let config = self.consumer_config(subject, max_running);
+        // Creating an existing durable consumer with another config updates
+        // it (nats-server 2.9; 2.10 also has an explicit update).
+        let consumer = self
+            .stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| unavailable(&format!("capping consumer of {subject}"), e))?;
+        self.consumers.insert(subject.to_owned(), consumer);
+        Ok(())
+    }
+
     /// One job from `subject` if one can be handed out now.
     async fn pull_from(&mut self, subject: &str) -> Result<Option<Delivery>, QueueError> {
         let consumer = self.consumer(subject).await?;
         let pulled = async {
-            let mut batch = consumer.fetch().max_messages(1).messages().await?;
+            // An owner at its cap gets no answer at all to a pull that does
+            // not wait: the request expires instead.
+            let fetch = consumer.fetch().max_messages(1).expires(CAPPED_WAIT);
+            let mut batch = fetch.messages().await?;
             batch.next().await.transpose()
         };
         let msg = match pulled.await {
             Ok(Some(msg)) => msg,
             Ok(None) => return Ok(None),
+            // The owner has its `max_running` jobs out with workers.
+            Err(e) if e.to_string().contains("MaxAckPending") => return Ok(None),
             Err(e) => {
                 // The server may have dropped an idle consumer: make it anew.
                 self.consumers.remove(subject);
@@ -291,6 +335,10 @@ impl Puller {
             }
         };
         let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
+        if let Err(e) = self.cap(subject, job.max_running).await {
+            // This worker's own count still holds the owner to its cap.
+            tracing::warn!("{e}");
+        }
         let owner = owner_of(subject).to_owned();
         {
             let mut g = self.running.lock();
