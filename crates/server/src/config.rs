@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// before it hands the job to another worker; workers say they are
     /// still at it three times per period.
     pub ack_wait: Duration,
+    /// What a key may do unless it says otherwise (and what keyless
+    /// callers' jobs may do): see [`crate::keys`].
+    pub key_defaults: crate::keys::Allowance,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +87,7 @@ impl ServerConfig {
             workers: 8,
             launch: Default::default(),
             ack_wait: Duration::from_secs(30),
+            key_defaults: crate::keys::Allowance::DEFAULT,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! persists. Nothing here knows about HTTP, VMs or which queue, store or
 //! bus is underneath.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use chrono::Utc;
@@ -13,9 +14,10 @@ use futures::StreamExt;
 use crate::events::{EventStream, JobEvent};
 use crate::fleet::LanguageInfo;
 use crate::job::{recover_running, ClaimDecision, Job, JobId, JobStatus, NewJob, Transition};
+use crate::keys::Allowance;
 use crate::queue::{QueueError, QueuedJob};
 use crate::state::Services;
-use crate::store::StoreError;
+use crate::store::{Admission, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -96,25 +98,27 @@ impl std::fmt::Debug for Submitted {
 
 /// Accepts a validated job: stores it, announces it `queued` and queues it.
 /// A job the queue refuses is deleted again, so it is never half-created.
+/// The owner's `max_queued` is checked by the store in the same atomic
+/// step as the insert, so parallel submissions cannot exceed it.
 pub async fn submit(
     svc: &Services,
     owner: String,
-    max_queued: Option<u32>,
+    allowance: Allowance,
     new: NewJob,
     wait: bool,
 ) -> Result<Submitted, ServiceError> {
     if svc.draining.load(Ordering::SeqCst) {
         return Err(ServiceError::Draining);
     }
-    if let Some(max) = max_queued {
-        let queued = svc.store.count_queued(&owner).await?;
-        if queued >= u64::from(max) {
+    let mut job = Job::new(owner, new.language, new.request, new.webhook_url);
+    job.compat = new.compat;
+    match svc.store.insert_within(&job, allowance.max_queued).await? {
+        Admission::Inserted => {}
+        Admission::Refused { queued } => {
+            let max = allowance.max_queued.unwrap_or_default();
             return Err(ServiceError::TooManyQueued { max, queued });
         }
     }
-    let mut job = Job::new(owner, new.language, new.request, new.webhook_url);
-    job.compat = new.compat;
-    svc.store.insert(&job).await?;
     let queued = JobEvent::Status {
         status: JobStatus::Queued,
     };
@@ -124,7 +128,13 @@ pub async fn submit(
         true => svc.bus.subscribe(job.id).await.ok().flatten(),
         false => None,
     };
-    if let Err(e) = enqueue(svc, job.id, &job.language).await {
+    let queued = QueuedJob {
+        id: job.id,
+        language: job.language.clone(),
+        owner: job.owner.clone(),
+        max_running: allowance.max_running,
+    };
+    if let Err(e) = svc.queue.push(queued).await {
         tracing::warn!(job = %job.id, "not queued: {e}");
         if let Err(e) = svc.store.discard(job.id).await {
             tracing::error!(job = %job.id, "a refused job could not be deleted: {e}");
@@ -142,15 +152,6 @@ pub async fn submit(
     svc.metrics.job_submitted();
     svc.metrics.set_queue_depth(svc.queue.depth());
     Ok(Submitted { job, events })
-}
-
-/// Puts a stored job on the queue: after submission, and again in recovery.
-pub async fn enqueue(svc: &Services, id: JobId, language: &str) -> Result<(), QueueError> {
-    let job = QueuedJob {
-        id,
-        language: language.to_owned(),
-    };
-    svc.queue.push(job).await
 }
 
 /// Waits (at most the configured wait, and never past shutdown) for the
@@ -324,13 +325,32 @@ pub async fn recover(svc: &Services) -> Result<(), ServiceError> {
 /// duplicate of a message it still holds, and a worker skips a job that is
 /// no longer queued), so no accepted job is ever stranded.
 pub async fn requeue_all(svc: &Services) -> Result<(), ServiceError> {
-    let queued = svc.store.in_status(JobStatus::Queued).await?;
-    for (id, language, _) in &queued {
+    let queued = svc.store.waiting().await?;
+    // Each owner's cap on running jobs, looked up once per owner.
+    let mut caps: HashMap<String, Option<u32>> = HashMap::new();
+    for w in &queued {
+        let max_running = match caps.get(&w.owner) {
+            Some(cap) => *cap,
+            None => {
+                let key = svc.store.key_by_id(&w.owner).await?;
+                let cap = Allowance::of(key.as_ref(), &svc.config.key_defaults).max_running;
+                caps.insert(w.owner.clone(), cap);
+                cap
+            }
+        };
         let ev = JobEvent::Status {
             status: JobStatus::Queued,
         };
-        svc.bus.publish(*id, ev);
-        enqueue(svc, *id, language)
+        svc.bus.publish(w.id, ev);
+        let job = QueuedJob {
+            id: w.id,
+            language: w.language.clone(),
+            owner: w.owner.clone(),
+            max_running,
+        };
+        let id = w.id;
+        svc.queue
+            .push(job)
             .await
             .map_err(|e| ServiceError::Unavailable(format!("requeueing job {id}: {e}")))?;
     }

@@ -146,7 +146,7 @@ impl Worker {
                     () = tokio::time::sleep(REQUEUE_PAUSE) => {}
                 }
                 if !d.handle.redelivers() {
-                    if let Err(e) = service::enqueue(svc, id, &d.job.language).await {
+                    if let Err(e) = svc.queue.push(d.job.clone()).await {
                         tracing::error!(job = %id, "not queued again: {e}");
                     }
                 }

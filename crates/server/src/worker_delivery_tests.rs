@@ -170,6 +170,8 @@ impl Harness {
             job: QueuedJob {
                 id: job.id,
                 language: job.language.clone(),
+                owner: job.owner.clone(),
+                max_running: None,
             },
             redelivered,
             handle: Box::new(recorder),

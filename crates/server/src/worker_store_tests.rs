@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::store::{ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult};
+use crate::store::{
+    Admission, ApiKey, Claimed, JobStore, ListQuery, StoreError, StoreResult, Waiting,
+};
 
 /// Fails the next `n` calls of one kind with what `error` makes.
 #[derive(Debug)]
@@ -77,6 +79,12 @@ impl JobStore for Flaky {
     async fn count_queued(&self, owner: &str) -> StoreResult<u64> {
         self.inner.count_queued(owner).await
     }
+    async fn insert_within(&self, job: &Job, max_queued: Option<u32>) -> StoreResult<Admission> {
+        self.inner.insert_within(job, max_queued).await
+    }
+    async fn waiting(&self) -> StoreResult<Vec<Waiting>> {
+        self.inner.waiting().await
+    }
     async fn claim(
         &self,
         id: JobId,
@@ -124,6 +132,9 @@ impl JobStore for Flaky {
     }
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>> {
         self.inner.key_by_hash(secret_hash).await
+    }
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<ApiKey>> {
+        self.inner.key_by_id(id).await
     }
 }
 

@@ -117,6 +117,8 @@ impl Harness {
             .push(QueuedJob {
                 id: job.id,
                 language: job.language.clone(),
+                owner: job.owner.clone(),
+                max_running: None,
             })
             .await
             .expect("queued");

@@ -41,6 +41,8 @@ pub struct Args {
     /// Largest timeout a job may ask for, in seconds.
     #[arg(long, default_value_t = 60)]
     pub max_timeout: u64,
+    #[command(flatten)]
+    pub keys: super::keys::KeyDefaults,
 }
 
 pub fn main(a: Args) -> anyhow::Result<ExitCode> {
@@ -58,6 +60,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     cfg.piston_anonymous = a.piston_anonymous;
     cfg.allow_private_webhooks = a.allow_private_webhooks;
     cfg.maxima.timeout_ms = a.max_timeout.saturating_mul(1000);
+    cfg.key_defaults = a.keys.allowance();
     let at = Endpoints {
         nats_url: a.nats,
         database_url: a.database,

@@ -48,6 +48,8 @@ pub struct Args {
     pub max_timeout: u64,
     #[command(flatten)]
     pub vm: super::VmFlags,
+    #[command(flatten)]
+    pub keys: super::keys::KeyDefaults,
 }
 
 pub fn main(a: Args) -> anyhow::Result<ExitCode> {
@@ -73,6 +75,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     cfg.shutdown_grace = Duration::from_secs(a.shutdown_grace);
     cfg.maxima.timeout_ms = a.max_timeout.saturating_mul(1000);
     cfg.launch = a.vm.options();
+    cfg.key_defaults = a.keys.allowance();
 
     let svc = ignis_server::embedded::services(cfg, Paths::from_env()).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)

@@ -86,8 +86,8 @@ pub async fn create(
     }
     let lang = service::language(svc, &body.language)?;
     let new = body.validate(&svc.config, &lang.source_file, lang.vm_memory_mib)?;
-    let max_queued = caller.key.as_ref().and_then(|k| k.max_queued);
-    let submitted = service::submit(svc, caller.owner, max_queued, new, params.wait).await?;
+    let allowance = caller.allowance(&svc.config);
+    let submitted = service::submit(svc, caller.owner, allowance, new, params.wait).await?;
     let (id, owner) = (submitted.job.id, submitted.job.owner.clone());
     let first = submitted.job.clone();
     if let Some(done) = service::wait(svc, submitted).await? {

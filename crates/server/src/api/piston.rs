@@ -390,13 +390,13 @@ async fn execute(
         }
         new.request.limits.compile_timeout_ms = ms.max(1);
     }
-    let max_queued = caller.key.as_ref().and_then(|k| k.max_queued);
+    let allowance = caller.allowance(&svc.config);
     let owner = caller.owner.clone();
     // Piston answers only once the run ended: hold on for as long as the
     // job may run once started, and at least the server's usual wait.
     let compile = info.compiled.then_some(info.compile_timeout_ms);
     let limit = ignis_vmm::report::run_deadline(&new.request, compile).max(svc.config.wait_max);
-    let submitted = service::submit(svc, caller.owner, max_queued, new, true).await?;
+    let submitted = service::submit(svc, caller.owner, allowance, new, true).await?;
     let id = submitted.job.id;
     match service::wait_at_most(svc, submitted, limit).await? {
         Some(done) => answer(&done, &info, &version).map(Json),

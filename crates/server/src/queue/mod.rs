@@ -19,6 +19,11 @@ use crate::job::JobId;
 pub struct QueuedJob {
     pub id: JobId,
     pub language: String,
+    /// Whose job it is: the queue takes turns between owners.
+    pub owner: String,
+    /// Jobs of this owner that may run at once (`None`: no cap); a queue
+    /// that enforces it holds the owner's next job back meanwhile.
+    pub max_running: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,29 +73,6 @@ pub trait Acker: Send + Sync + std::fmt::Debug {
     /// worker that could not take a job puts it back on the queue when not.
     fn redelivers(&self) -> bool {
         true
-    }
-}
-
-/// A delivery with nothing to acknowledge (the in-process queue).
-#[derive(Debug)]
-pub struct NoAck;
-
-#[async_trait]
-impl Acker for NoAck {
-    async fn ack(&self) -> Result<(), QueueError> {
-        Ok(())
-    }
-
-    async fn progress(&self) -> Result<(), QueueError> {
-        Ok(())
-    }
-
-    fn clone_box(&self) -> Box<dyn Acker> {
-        Box::new(NoAck)
-    }
-
-    fn redelivers(&self) -> bool {
-        false
     }
 }
 

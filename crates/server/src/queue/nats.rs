@@ -1,13 +1,19 @@
 //! The distributed queue: a NATS JetStream work-queue stream.
 //!
-//! One subject per language (`ignis.jobs.<language>`) and one durable pull
-//! consumer per language, shared by every worker that has that language's
-//! image, so a worker only ever pulls the languages it can run. A worker
-//! pulls one job per free slot: each waiting [`JobQueue::pop`] is one unit
-//! of demand, and a language's puller asks the server for a job only while
-//! there is demand it has claimed. A job stays in the stream until a worker
-//! acknowledges it (after its result is stored); one never acknowledged is
-//! delivered again after the consumer's `ack_wait`.
+//! One subject per language and owner (`ignis.jobs.<language>.<owner
+//! hash>`) and one durable pull consumer per subject, shared by every
+//! worker that has that language's image, so a worker only ever pulls the
+//! languages it can run. Owners take turns: a worker's puller for a
+//! language lists the owners with jobs in the stream and pulls from them
+//! round robin (see `nats_turns.rs`), so one key with a thousand queued
+//! jobs delays another's job by about one job per worker, and each owner's
+//! jobs leave in the order they came.
+//!
+//! A worker pulls one job per free slot: each waiting [`JobQueue::pop`] is
+//! one unit of demand, and a language's puller asks the server for a job
+//! only while there is demand it has claimed. A job stays in the stream
+//! until a worker acknowledges it (after its result is stored); one never
+//! acknowledged is delivered again after the consumer's `ack_wait`.
 //!
 //! The stream has limits: at `max_messages` a publish is refused
 //! ([`QueueError::Full`]) and nothing is added. Publishes carry the job id
@@ -18,12 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -36,12 +40,13 @@ pub const JOBS_STREAM: &str = "IGNIS_JOBS";
 /// The stream that keeps job events for late subscribers.
 pub const EVENTS_STREAM: &str = "IGNIS_EVENTS";
 
-pub fn job_subject(language: &str) -> String {
-    format!("ignis.jobs.{language}")
+/// The subject of `owner`'s jobs in `language`. The owner is hashed: it
+/// may hold characters a subject cannot, and is nobody else's business.
+pub fn job_subject(language: &str, owner: &str) -> String {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(owner.as_bytes()));
+    format!("ignis.jobs.{language}.{}", &hash[..16])
 }
-
-/// How long one pull request waits on the server for a job.
-const PULL_WAIT: Duration = Duration::from_secs(5);
 
 /// How the queue is set up; the API's settings win on the stream's limits.
 #[derive(Debug, Clone)]
@@ -67,6 +72,10 @@ impl Default for NatsQueueConfig {
 struct JobMessage {
     id: JobId,
     language: String,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    max_running: Option<u32>,
 }
 
 /// Sorts a JetStream error: unreachable server (retry) or other.
@@ -83,7 +92,7 @@ pub async fn ensure_streams(
 ) -> Result<stream::Stream, QueueError> {
     let jobs = stream::Config {
         name: JOBS_STREAM.into(),
-        subjects: vec!["ignis.jobs.*".into()],
+        subjects: vec!["ignis.jobs.>".into()],
         retention: RetentionPolicy::WorkQueue,
         max_messages: cfg.max_jobs,
         discard: DiscardPolicy::New,
@@ -167,31 +176,21 @@ impl NatsQueue {
         let demand = Arc::new(Semaphore::new(0));
         let (tx, rx) = mpsc::channel(languages.len().max(1));
         let closed = CancellationToken::new();
+        let shared = turns::Shared {
+            demand: demand.clone(),
+            tx,
+            closed: closed.clone(),
+            running: Arc::default(),
+        };
         for language in languages {
-            let name = format!("jobs-{language}");
-            let consumer = stream
-                .get_or_create_consumer(
-                    &name,
-                    pull::Config {
-                        durable_name: Some(name.clone()),
-                        filter_subject: job_subject(language),
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: cfg.ack_wait,
-                        // The store ends a job that keeps losing its
-                        // workers; the queue never drops one by itself.
-                        max_deliver: -1,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| unavailable(&format!("{language} consumer"), e))?;
-            let puller = Puller {
-                language: language.clone(),
-                consumer,
-                demand: demand.clone(),
-                tx: tx.clone(),
-                closed: closed.clone(),
-            };
+            let puller = turns::Puller::new(
+                language.clone(),
+                client.clone(),
+                stream.clone(),
+                cfg.ack_wait,
+                shared.clone(),
+            )
+            .await?;
             tokio::spawn(puller.run());
         }
         let q = NatsQueue {
@@ -234,99 +233,27 @@ impl NatsQueue {
     }
 }
 
-/// Pulls one language's jobs, one per unit of demand.
-struct Puller {
-    language: String,
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    demand: Arc<Semaphore>,
-    tx: mpsc::Sender<Delivery>,
-    closed: CancellationToken,
-}
-
-impl Puller {
-    async fn run(self) {
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let permit = tokio::select! {
-                () = self.closed.cancelled() => return,
-                p = self.demand.acquire() => p,
-            };
-            let Ok(permit) = permit else { return };
-            // The demand is ours now; handed back unless a job meets it.
-            permit.forget();
-            let got = tokio::select! {
-                () = self.closed.cancelled() => return,
-                got = self.pull_one() => got,
-            };
-            match got {
-                Ok(Some(d)) => {
-                    pause = Duration::from_millis(100);
-                    if self.tx.send(d).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => self.demand.add_permits(1),
-                Err(e) => {
-                    self.demand.add_permits(1);
-                    tracing::warn!(language = %self.language, "pulling jobs: {e}");
-                    // The server is away: try again, not in a tight loop.
-                    tokio::select! {
-                        () = self.closed.cancelled() => return,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    }
-
-    async fn pull_one(&self) -> Result<Option<Delivery>, QueueError> {
-        let mut batch = self
-            .consumer
-            .batch()
-            .max_messages(1)
-            .expires(PULL_WAIT)
-            .messages()
-            .await
-            .map_err(|e| unavailable("pull", e))?;
-        let Some(msg) = batch.next().await else {
-            return Ok(None);
-        };
-        let msg = msg.map_err(|e| unavailable("pull", e))?;
-        let job: JobMessage = match serde_json::from_slice(&msg.payload) {
-            Ok(j) => j,
-            Err(e) => {
-                // Not ours to run and never will be: drop it for good.
-                tracing::error!("malformed job message dropped: {e}");
-                let _ = msg.ack_with(AckKind::Term).await;
-                return Ok(None);
-            }
-        };
-        let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
-        Ok(Some(Delivery {
-            job: QueuedJob {
-                id: job.id,
-                language: job.language,
-            },
-            redelivered,
-            handle: Box::new(NatsAck(Arc::new(msg))),
-        }))
-    }
-}
-
+/// A delivery's message, and the running slot of its owner on this worker
+/// (given back when the last handle on the delivery is dropped).
 #[derive(Debug, Clone)]
-struct NatsAck(Arc<jetstream::Message>);
+struct NatsAck {
+    msg: Arc<jetstream::Message>,
+    _slot: Arc<turns::Slot>,
+}
 
 #[async_trait]
 impl Acker for NatsAck {
     async fn ack(&self) -> Result<(), QueueError> {
         // Double ack: the server confirmed it, so an ack lost on the way
         // is an error here rather than a silent redelivery.
-        self.0.double_ack().await.map_err(|e| unavailable("ack", e))
+        self.msg
+            .double_ack()
+            .await
+            .map_err(|e| unavailable("ack", e))
     }
 
     async fn progress(&self) -> Result<(), QueueError> {
-        self.0
+        self.msg
             .ack_with(AckKind::Progress)
             .await
             .map_err(|e| unavailable("progress", e))
@@ -346,6 +273,8 @@ impl JobQueue for NatsQueue {
         let body = JobMessage {
             id: job.id,
             language: job.language.clone(),
+            owner: job.owner.clone(),
+            max_running: job.max_running,
         };
         let payload = serde_json::to_vec(&body)
             .map_err(|e| QueueError::Backend(format!("encoding a job message: {e}")))?;
@@ -354,7 +283,7 @@ impl JobQueue for NatsQueue {
             .message_id(job.id.to_string());
         let ack = self
             .js
-            .send_publish(job_subject(&job.language), msg)
+            .send_publish(job_subject(&job.language, &job.owner), msg)
             .await
             .map_err(|e| unavailable("publish", e))?;
         match ack.await {
@@ -407,6 +336,9 @@ impl JobQueue for NatsQueue {
         }
     }
 }
+
+#[path = "nats_turns.rs"]
+mod turns;
 
 #[cfg(test)]
 #[path = "nats_tests.rs"]

@@ -11,8 +11,9 @@ use ignis_protocol::{File, Limits, RunRequest, Verdict};
 use ignis_vmm::RunReport;
 use uuid::Uuid;
 
-use super::{ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError};
+use super::{Admission, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError};
 use crate::job::{Job, JobStatus, Timings, EXHAUSTED_MESSAGE};
+use crate::keys::KeyLimits;
 
 /// Two handles on one fresh database (two connections, so compare-and-set
 /// must hold across the database's own locking), and whatever keeps the
@@ -38,7 +39,13 @@ macro_rules! conformance_tests {
             in_status_lists_oldest_first,
             outputs_are_exact_bytes_and_listings_skip_them,
             pending_webhooks_are_kept_until_done,
+            waiting_lists_queued_jobs_with_owners,
             keys_round_trip);
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn admission_is_atomic() {
+            let f = $open.await;
+            crate::store::conformance::admission_is_atomic(&f).await;
+        }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_claims_have_one_winner() {
             let f = $open.await;
@@ -475,13 +482,18 @@ pub(crate) async fn keys_round_trip(s: &dyn JobStore) {
     let key = ApiKey {
         id: "key_1".into(),
         name: "ci".into(),
-        rate_per_sec: Some(10),
-        max_queued: None,
+        limits: KeyLimits {
+            rate_per_sec: Some(10),
+            max_queued: None,
+            max_running: Some(crate::keys::UNLIMITED),
+        },
         created_at: t(42),
     };
     s.create_key(&key, "hash-1").await.unwrap();
     assert_eq!(s.key_by_hash("hash-1").await.unwrap(), Some(key.clone()));
     assert_eq!(s.key_by_hash("hash-2").await.unwrap(), None);
+    assert_eq!(s.key_by_id("key_1").await.unwrap(), Some(key.clone()));
+    assert_eq!(s.key_by_id("hash-1").await.unwrap(), None);
     let dup = ApiKey {
         id: "key_2".into(),
         ..key
@@ -556,5 +568,65 @@ pub(crate) async fn pending_webhooks_are_kept_until_done(s: &dyn JobStore) {
     assert_eq!(
         (left[0].job, left[0].body.as_slice()),
         (b, &[0u8, 0xff][..])
+    );
+}
+
+pub(crate) async fn waiting_lists_queued_jobs_with_owners(s: &dyn JobStore) {
+    let (a, b, c) = (job("alice", "python"), job("bob", "go"), job("alice", "c"));
+    for j in [&a, &b, &c] {
+        s.insert(j).await.unwrap();
+    }
+    start(s, b.id, t(1)).await;
+    let got: Vec<_> = s
+        .waiting()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.id, w.owner, w.language))
+        .collect();
+    let want = [&a, &c].map(|j| (j.id, j.owner.clone(), j.language.clone()));
+    assert_eq!(got, want);
+}
+
+/// Fifty submissions of one owner at once, through two handles on the
+/// database, against `max_queued` = 5: exactly five get in.
+pub(crate) async fn admission_is_atomic(f: &Fixture) {
+    let stores = [f.a.clone(), f.b.clone()];
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let s = stores[i % 2].clone();
+            tokio::spawn(async move { s.insert_within(&job("alice", "python"), Some(5)).await })
+        })
+        .collect();
+    let (mut inserted, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            Admission::Inserted => inserted += 1,
+            Admission::Refused { queued } => {
+                assert_eq!(queued, 5);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((inserted, refused), (5, 45));
+    assert_eq!(f.a.count_queued("alice").await.unwrap(), 5);
+    // Another owner has its own allowance; no limit is no limit.
+    let bob = f.b.insert_within(&job("bob", "python"), Some(1)).await;
+    assert_eq!(bob.unwrap(), Admission::Inserted);
+    let free = f.a.insert_within(&job("alice", "python"), None).await;
+    assert_eq!(free.unwrap(), Admission::Inserted);
+    // A job that leaves the queue makes room for one more.
+    let first = f.a.waiting().await.unwrap()[0].id;
+    start(&*f.a, first, t(1)).await;
+    let j = job("alice", "python");
+    assert_eq!(
+        f.b.insert_within(&j, Some(6)).await.unwrap(),
+        Admission::Inserted
+    );
+    assert_eq!(
+        f.b.insert_within(&job("alice", "python"), Some(6))
+            .await
+            .unwrap(),
+        Admission::Refused { queued: 6 }
     );
 }

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use ignis_vmm::RunReport;
 
 use crate::job::{Job, JobId, JobStatus, Timings, Transition};
+use crate::keys::KeyLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,10 +99,8 @@ pub struct ListQuery {
 pub struct ApiKey {
     pub id: String,
     pub name: String,
-    /// Requests per second allowed (burst of the same size); None = unlimited.
-    pub rate_per_sec: Option<u32>,
-    /// Queued jobs allowed at once; None = unlimited.
-    pub max_queued: Option<u32>,
+    /// As stored: `None` is the server's default (see [`crate::keys`]).
+    pub limits: KeyLimits,
     pub created_at: DateTime<Utc>,
 }
 
@@ -111,6 +110,23 @@ pub struct PendingWebhook {
     pub job: JobId,
     pub url: String,
     pub body: Vec<u8>,
+}
+
+/// What [`JobStore::insert_within`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Stored as `queued`.
+    Inserted,
+    /// Not stored: the owner already has `queued` jobs waiting, at its limit.
+    Refused { queued: u64 },
+}
+
+/// A job waiting in the store, as recovery queues it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub id: JobId,
+    pub owner: String,
+    pub language: String,
 }
 
 /// What claiming a delivered job did (see [`crate::job::ClaimDecision`]).
@@ -127,6 +143,10 @@ pub enum Claimed {
 #[async_trait]
 pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn insert(&self, job: &Job) -> StoreResult<()>;
+    /// Inserts a new `queued` job unless its owner already has `max_queued`
+    /// jobs queued (`None`: no limit). Counting and inserting are one
+    /// atomic step, so parallel submissions cannot slip past the limit.
+    async fn insert_within(&self, job: &Job, max_queued: Option<u32>) -> StoreResult<Admission>;
     /// A job as its owner sees it; `None` for another owner's job.
     async fn get(&self, owner: &str, id: JobId) -> StoreResult<Option<Job>>;
     /// A job whoever owns it (workers).
@@ -169,6 +189,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn discard(&self, id: JobId) -> StoreResult<()>;
     /// Jobs in `status`, oldest first, with their attempts and language.
     async fn in_status(&self, status: JobStatus) -> StoreResult<Vec<(JobId, String, u32)>>;
+    /// Every `queued` job with its owner, oldest first (recovery).
+    async fn waiting(&self) -> StoreResult<Vec<Waiting>>;
 
     /// Whether the store answers now (for `/healthz`).
     async fn ping(&self) -> StoreResult<()> {
@@ -185,4 +207,6 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>>;
+    /// The key whose id is `id` (the owner of its jobs).
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<ApiKey>>;
 }

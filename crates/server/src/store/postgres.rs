@@ -18,7 +18,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use super::{
-    result_parts, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError, StoreResult,
+    result_parts, Admission, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError,
+    StoreResult, Waiting,
 };
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
@@ -70,6 +71,11 @@ const MIGRATIONS: &[&str] = &[
         body       BYTEA NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT now()
     );
+",
+    // Key limits: a cap on running jobs; admission counts queued jobs per owner.
+    "
+    ALTER TABLE api_keys ADD COLUMN max_running INTEGER;
+    CREATE INDEX jobs_owner_status ON jobs (owner, status);
 ",
 ];
 
@@ -278,50 +284,57 @@ async fn locked<T>(
     Ok(out)
 }
 
+/// Inserts `job` as a new row on `c` (a connection or a transaction).
+async fn insert_job(c: &impl GenericClient, job: &Job) -> StoreResult<()> {
+    let request = json("request", &job.request)?;
+    let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
+        Some((r, out, err)) => (Some(r), Some(out), Some(err)),
+        None => (None, None, None),
+    };
+    let timings = job
+        .timings
+        .as_ref()
+        .map(|t| json("timings", t))
+        .transpose()?;
+    let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
+    let sql = format!(
+        "INSERT INTO jobs ({JOB_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    );
+    c.execute(
+        &sql,
+        &[
+            &job.id,
+            &job.owner,
+            &job.language,
+            &job.status.as_str(),
+            &request,
+            &job.webhook_url,
+            &result,
+            &timings,
+            &job.created_at,
+            &job.started_at,
+            &job.finished_at,
+            &attempts,
+            &job.compat,
+            &stdout,
+            &stderr,
+        ],
+    )
+    .await
+    .map_err(|e| pg("inserting a job", e))?;
+    Ok(())
+}
+
 #[async_trait]
 impl JobStore for PostgresStore {
     async fn insert(&self, job: &Job) -> StoreResult<()> {
-        let request = json("request", &job.request)?;
-        let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
-            Some((r, out, err)) => (Some(r), Some(out), Some(err)),
-            None => (None, None, None),
-        };
-        let timings = job
-            .timings
-            .as_ref()
-            .map(|t| json("timings", t))
-            .transpose()?;
-        let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
-        self.with("insert", async |c| {
-            let sql = format!(
-                "INSERT INTO jobs ({JOB_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-            );
-            c.execute(
-                &sql,
-                &[
-                    &job.id,
-                    &job.owner,
-                    &job.language,
-                    &job.status.as_str(),
-                    &request,
-                    &job.webhook_url,
-                    &result,
-                    &timings,
-                    &job.created_at,
-                    &job.started_at,
-                    &job.finished_at,
-                    &attempts,
-                    &job.compat,
-                    &stdout,
-                    &stderr,
-                ],
-            )
+        self.with("insert", async |c| insert_job(&*c, job).await)
             .await
-            .map_err(|e| pg("inserting a job", e))?;
-            Ok(())
-        })
-        .await
+    }
+
+    async fn insert_within(&self, job: &Job, max_queued: Option<u32>) -> StoreResult<Admission> {
+        self.insert_admitted(job, max_queued).await
     }
 
     async fn get(&self, owner: &str, id: JobId) -> StoreResult<Option<Job>> {
@@ -533,58 +546,25 @@ impl JobStore for PostgresStore {
         .await
     }
 
+    async fn waiting(&self) -> StoreResult<Vec<Waiting>> {
+        self.waiting_jobs().await
+    }
+
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()> {
-        let rate = key
-            .rate_per_sec
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        let max_queued = key.max_queued.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        self.with("create_key", async |c| {
-            let sql = "INSERT INTO api_keys \
-                       (id, name, secret_hash, rate_per_sec, max_queued, created_at) \
-                       VALUES ($1, $2, $3, $4, $5, $6)";
-            let args: [&(dyn ToSql + Sync); 6] = [
-                &key.id,
-                &key.name,
-                &secret_hash,
-                &rate,
-                &max_queued,
-                &key.created_at,
-            ];
-            c.execute(sql, &args)
-                .await
-                .map_err(|e| pg("creating an API key", e))?;
-            Ok(())
-        })
-        .await
+        self.insert_key(key, secret_hash).await
     }
 
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>> {
-        self.with("key_by_hash", async |c| {
-            let sql = "SELECT id, name, rate_per_sec, max_queued, created_at \
-                       FROM api_keys WHERE secret_hash = $1";
-            let row = c
-                .query_opt(sql, &[&secret_hash])
-                .await
-                .map_err(|e| pg("looking up an API key", e))?;
-            row.map(|r| {
-                let opt = |i: usize, what: &str| {
-                    r.get::<_, Option<i32>>(i)
-                        .map(|n| u32_of(what, n))
-                        .transpose()
-                };
-                Ok(ApiKey {
-                    id: r.get(0),
-                    name: r.get(1),
-                    rate_per_sec: opt(2, "rate_per_sec")?,
-                    max_queued: opt(3, "max_queued")?,
-                    created_at: r.get(4),
-                })
-            })
-            .transpose()
-        })
-        .await
+        self.find_key("secret_hash", secret_hash).await
+    }
+
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<ApiKey>> {
+        self.find_key("id", id).await
     }
 }
+
+#[path = "postgres_tenants.rs"]
+mod tenants;
 
 #[cfg(test)]
 #[path = "postgres_tests.rs"]

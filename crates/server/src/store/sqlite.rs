@@ -20,7 +20,8 @@ use rusqlite::{
 };
 
 use super::{
-    result_parts, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError, StoreResult,
+    result_parts, Admission, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError,
+    StoreResult, Waiting,
 };
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
@@ -75,6 +76,11 @@ const MIGRATIONS: &[&str] = &[
         body       BLOB NOT NULL,
         created_at INTEGER NOT NULL
     );
+",
+    // Key limits: a cap on running jobs; admission counts queued jobs per owner.
+    "
+    ALTER TABLE api_keys ADD COLUMN max_running INTEGER;
+    CREATE INDEX jobs_owner_status ON jobs (owner, status);
 ",
 ];
 
@@ -264,44 +270,50 @@ fn cas(
     }
 }
 
+/// Inserts `job` as a new row.
+fn insert_job(conn: &Connection, job: &Job) -> StoreResult<()> {
+    let request = to_json("request", &job.request)?;
+    let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
+        Some((r, out, err)) => (Some(r), Some(out), Some(err)),
+        None => (None, None, None),
+    };
+    let timings = job
+        .timings
+        .as_ref()
+        .map(|t| to_json("timings", t))
+        .transpose()?;
+    let sql = format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({JOB_PLACEHOLDERS})");
+    let args = params![
+        job.id.to_string(),
+        job.owner,
+        job.language,
+        job.status.as_str(),
+        request,
+        job.webhook_url,
+        result,
+        timings,
+        to_ms(job.created_at),
+        job.started_at.map(to_ms),
+        job.finished_at.map(to_ms),
+        job.attempts,
+        job.compat,
+        stdout,
+        stderr,
+    ];
+    conn.execute(&sql, args)
+        .ctx(format_args!("inserting job {}", job.id))?;
+    Ok(())
+}
+
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn insert(&self, job: &Job) -> StoreResult<()> {
         let job = job.clone();
-        let request = to_json("request", &job.request)?;
-        let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
-            Some((r, out, err)) => (Some(r), Some(out), Some(err)),
-            None => (None, None, None),
-        };
-        let timings = job
-            .timings
-            .as_ref()
-            .map(|t| to_json("timings", t))
-            .transpose()?;
-        self.call(move |conn| {
-            let sql = format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({JOB_PLACEHOLDERS})");
-            let args = params![
-                job.id.to_string(),
-                job.owner,
-                job.language,
-                job.status.as_str(),
-                request,
-                job.webhook_url,
-                result,
-                timings,
-                to_ms(job.created_at),
-                job.started_at.map(to_ms),
-                job.finished_at.map(to_ms),
-                job.attempts,
-                job.compat,
-                stdout,
-                stderr,
-            ];
-            conn.execute(&sql, args)
-                .ctx(format_args!("inserting job {}", job.id))?;
-            Ok(())
-        })
-        .await
+        self.call(move |conn| insert_job(conn, &job)).await
+    }
+
+    async fn insert_within(&self, job: &Job, max_queued: Option<u32>) -> StoreResult<Admission> {
+        self.insert_admitted(job, max_queued).await
     }
 
     async fn get(&self, owner: &str, id: JobId) -> StoreResult<Option<Job>> {
@@ -510,57 +522,28 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn waiting(&self) -> StoreResult<Vec<Waiting>> {
+        self.waiting_jobs().await
+    }
+
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()> {
-        let key = key.clone();
-        let hash = secret_hash.to_owned();
-        self.call(move |conn| {
-            let sql = "INSERT INTO api_keys \
-                       (id, name, secret_hash, rate_per_sec, max_queued, created_at) \
-                       VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-            let created = to_ms(key.created_at);
-            let args = params![
-                key.id,
-                key.name,
-                hash,
-                key.rate_per_sec,
-                key.max_queued,
-                created
-            ];
-            conn.execute(sql, args)
-                .ctx(format_args!("creating API key {}", key.id))?;
-            Ok(())
-        })
-        .await
+        self.insert_key(key, secret_hash).await
     }
 
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<ApiKey>> {
-        let hash = secret_hash.to_owned();
-        self.call(move |conn| {
-            type Raw = (String, String, Option<i64>, Option<i64>, i64);
-            let sql = "SELECT id, name, rate_per_sec, max_queued, created_at \
-                       FROM api_keys WHERE secret_hash = ?1";
-            let raw = conn.query_row(sql, params![hash], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            });
-            let raw: Option<Raw> = raw.optional().ctx("looking up API key")?;
-            raw.map(|(id, name, rate, max_queued, created_at)| {
-                Ok(ApiKey {
-                    rate_per_sec: opt_u32("rate_per_sec", rate)?,
-                    max_queued: opt_u32("max_queued", max_queued)?,
-                    created_at: from_ms(created_at)?,
-                    id,
-                    name,
-                })
-            })
-            .transpose()
-        })
-        .await
+        self.find_key("secret_hash", secret_hash).await
+    }
+
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<ApiKey>> {
+        self.find_key("id", id).await
     }
 }
 
 #[path = "sqlite_decode.rs"]
 mod decode;
 use decode::{from_ms, opt_u32, parse_id, parse_status, to_json, to_ms, Context, RawJob};
+#[path = "sqlite_tenants.rs"]
+mod tenants;
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

@@ -136,6 +136,8 @@ pub async fn spawn_app(opts: Opts) -> TestApp {
     cfg.workers = opts.workers;
     cfg.shutdown_grace = opts.shutdown_grace;
     cfg.allow_private_webhooks = opts.allow_private_webhooks;
+    // Tests poll and submit quickly; the defaults have tests of their own.
+    cfg.key_defaults = ignis_server::keys::Allowance::UNLIMITED;
     let svc = ignis_server::embedded::services(cfg, Paths::from_env())
         .await
         .expect("embedded services over the real images");

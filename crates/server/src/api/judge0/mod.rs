@@ -192,8 +192,8 @@ async fn submit(
         request::translate(body, id, &target, &svc.config, base64).map_err(J0Error::fields)?;
     let mut new = create.validate(&svc.config, &target.source_file, target.vm_memory_mib)?;
     new.compat = serde_json::to_string(&kept).ok();
-    let max_queued = caller.key.as_ref().and_then(|k| k.max_queued);
-    Ok(service::submit(svc, caller.owner.clone(), max_queued, new, wait).await?)
+    let allowance = caller.allowance(&svc.config);
+    Ok(service::submit(svc, caller.owner.clone(), allowance, new, wait).await?)
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, J0Error> {

@@ -48,6 +48,8 @@ pub(super) fn harness_of(
         max_vms: 4,
         max_memory_mib: 4096,
     };
+    // Tests make many requests quickly; `sharing.rs` tests the defaults.
+    cfg.key_defaults = crate::keys::Allowance::UNLIMITED;
     tweak(&mut cfg);
     let store = SqliteStore::open(&dir.path().join("ignis.db")).expect("open store");
     let svc = crate::embedded::assemble(
@@ -243,4 +245,5 @@ mod output;
 mod piston;
 mod playground;
 mod service;
+mod sharing;
 mod submit;
