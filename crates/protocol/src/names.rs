@@ -140,7 +140,13 @@ pub fn validate_args_env(
     }
     for (k, v) in env {
         // A name as shown in an error: bounded, and printable.
-        let shown = || k.chars().take(64).collect::<String>().escape_debug().to_string();
+        let shown = || {
+            k.chars()
+                .take(64)
+                .collect::<String>()
+                .escape_debug()
+                .to_string()
+        };
         if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
             return Err(InputError::EnvInvalid(shown()));
         }

@@ -15,8 +15,21 @@ fn f(n: &str) -> File {
 #[test]
 fn path_and_option_tricks_are_refused() {
     for bad in [
-        "", ".", "..", ".env", "a/b", "../x", "a\0b", "x y", "é.py", "-x.py", "--help.py", "-",
-        "a..b", "x\n.py", "a\\b",
+        "",
+        ".",
+        "..",
+        ".env",
+        "a/b",
+        "../x",
+        "a\0b",
+        "x y",
+        "é.py",
+        "-x.py",
+        "--help.py",
+        "-",
+        "a..b",
+        "x\n.py",
+        "a\\b",
     ] {
         assert!(validate_file_name(bad).is_err(), "{bad:?} passed");
     }
@@ -55,11 +68,20 @@ fn args_and_env_are_bounded_and_named() {
         "args[1]"
     );
     let nul = vec!["a\0".to_string()];
-    assert_eq!(validate_args_env(&nul, &env).expect_err("nul").field(), "args[0]");
+    assert_eq!(
+        validate_args_env(&nul, &env).expect_err("nul").field(),
+        "args[0]"
+    );
     let big = BTreeMap::from([("K".to_string(), "v".repeat(ENV_ENTRY_BYTES_MAX))]);
-    assert_eq!(validate_args_env(&[], &big).expect_err("size").field(), "env.K");
+    assert_eq!(
+        validate_args_env(&[], &big).expect_err("size").field(),
+        "env.K"
+    );
     let bad = BTreeMap::from([("A=B".to_string(), String::new())]);
-    assert_eq!(validate_args_env(&[], &bad).expect_err("=").field(), "env.A=B");
+    assert_eq!(
+        validate_args_env(&[], &bad).expect_err("=").field(),
+        "env.A=B"
+    );
     let ok_env = BTreeMap::from([("K".to_string(), "v".repeat(100))]);
     let ok_args = vec!["-dash".to_string(), "with space".to_string()];
     assert_eq!(validate_args_env(&ok_args, &ok_env), Ok(()));
