@@ -58,6 +58,28 @@ mod tests {
         }
     }
 
+    /// The problem documents of store and server failures: what failed,
+    /// never where (the full error is in the server's log).
+    #[test]
+    fn problem_documents_of_failures_carry_no_host_path() {
+        use crate::api::problem::Problem;
+        use crate::service::ServiceError;
+        let detail = "job store: opening /var/lib/ignis/data/ignis.db: disk I/O error";
+        for e in [
+            ServiceError::Unavailable(detail.into()),
+            ServiceError::Internal(detail.into()),
+        ] {
+            let p = Problem::from(e);
+            assert!(p.status >= 500, "{p:?}");
+            let json = serde_json::to_string(&p).expect("json");
+            assert!(!json.contains("/var"), "{json}");
+            assert!(
+                !p.detail.split_whitespace().any(|w| w.starts_with('/')),
+                "{json}"
+            );
+        }
+    }
+
     #[test]
     fn no_absolute_path_survives() {
         let detail = "a /x/y: b '/c' (/d/e.log) k=/f [/g] /h;/i,/j";
