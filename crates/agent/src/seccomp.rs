@@ -77,7 +77,7 @@ pub fn shared() -> io::Result<&'static BpfProgram> {
 pub fn program() -> io::Result<BpfProgram> {
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = REFUSED
         .iter()
-        .map(|&(_, nr)| (i64::from(nr), Vec::new()))
+        .map(|&(_, nr)| (nr, Vec::new()))
         .collect();
     let filter = SeccompFilter::new(
         rules,

@@ -5,7 +5,7 @@
 //! replaced by `…`.
 
 /// `detail` with every absolute path taken out. A path starts with `/` at
-/// the start of a word (after a space, quote, parenthesis, `=` or `:`) and
+/// the start of a word (after a space, quote, bracket, `=`, `:`, `,` or `;`) and
 /// runs to the next space, quote, parenthesis, comma or semicolon, or a
 /// colon followed by a space (`/a/b: No such file`). A `/` inside a word,
 /// as in `I/O`, is left alone.
@@ -14,7 +14,7 @@ pub fn host_paths(detail: &str) -> String {
     let mut chars = detail.chars().peekable();
     let mut prev: Option<char> = None;
     while let Some(c) = chars.next() {
-        let starts_word = prev.is_none_or(|p| p.is_whitespace() || "(\"'`=:[{<".contains(p));
+        let starts_word = prev.is_none_or(|p| p.is_whitespace() || "(\"'`=:[{<,;".contains(p));
         if c == '/' && starts_word {
             while let Some(&n) = chars.peek() {
                 let ends = n.is_whitespace() || "\"'`(),;]}>".contains(n);
@@ -49,7 +49,9 @@ mod tests {
                 "the agent hung up (console log in …)",
             ),
             ("snapshot \"/tmp/x y\" is bad", "snapshot \"… y\" is bad"),
-            ("lowerdir=/a:/b,upper", "lowerdir=…:…,upper"),
+            // A colon inside a word stays with the path: both go.
+            ("lowerdir=/a:/b,upper", "lowerdir=…,upper"),
+            ("one /a,/b;/c", "one …,…;…"),
             ("an I/O error", "an I/O error"),
             ("/", "…"),
             ("", ""),
