@@ -14,6 +14,7 @@ mod channel;
 mod init;
 mod run;
 mod sandbox;
+mod seccomp;
 mod sys;
 
 use std::io::Write;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ignis_protocol::{
-    validate_files, GuestMessage, Phase, Recipe, RunOutcome, RunRequest, Stream, Verdict,
+    validate_args_env, validate_files, GuestMessage, Phase, Recipe, RunOutcome, RunRequest, Stream,
+    Verdict,
 };
 
 use crate::sandbox::{self, Exit, Spec};
@@ -44,7 +45,13 @@ impl Runner {
     }
 
     fn run_in(&self, job: &Path, req: &RunRequest, send: &mut Send<'_>) -> io::Result<RunOutcome> {
+        // The host checked these already; the agent writes the names to
+        // disk and puts them and the arguments on command lines, so it
+        // checks again rather than trust it.
         if let Err(e) = validate_files(&req.files) {
+            return Ok(internal(format!("refused request: {e}")));
+        }
+        if let Err(e) = validate_args_env(&req.args, &req.env) {
             return Ok(internal(format!("refused request: {e}")));
         }
         let src = job.join("src");

@@ -1,5 +1,7 @@
 //! Runs one command as the unprivileged user, in its own session and cgroup,
-//! under a wall-clock deadline and an output cap, and measures it.
+//! with no new privileges and under the system-call filter (see
+//! [`crate::seccomp`]), under a wall-clock deadline and an output cap, and
+//! measures it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -82,6 +84,8 @@ fn spawn(spec: &Spec<'_>, cg: &Cgroup) -> io::Result<Child> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let (uid, gid) = (crate::RUNNER_UID, crate::RUNNER_GID);
+    // Built before the fork: the child only installs it.
+    let filter = crate::seccomp::shared()?;
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls on memory prepared before the fork.
     unsafe {
@@ -105,7 +109,9 @@ fn spawn(spec: &Spec<'_>, cg: &Cgroup) -> io::Result<Child> {
                 rlim_max: 0,
             };
             libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            Ok(())
+            // Last, so that the steps above are not filtered: no new
+            // privileges through any exec, and the system-call filter.
+            crate::seccomp::install(filter)
         });
     }
     cmd.spawn()

@@ -22,7 +22,10 @@ pub use message::{
     Envelope, File, GuestMessage, HostMessage, Limits, Phase, Ready, Resume, Resumed, RunOutcome,
     RunRequest, Stream, Verdict,
 };
-pub use names::{validate_file_name, validate_files, FileNameError};
+pub use names::{
+    validate_args_env, validate_file_name, validate_files, FileNameError, InputError, ARGS_MAX,
+    ARG_BYTES_MAX, ENV_ENTRY_BYTES_MAX, ENV_MAX, FILES_MAX, FILE_NAME_MAX,
+};
 
 /// Bumped whenever a message changes shape; both sides refuse other versions.
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -114,6 +114,16 @@ pub struct CompileStep {
     pub timeout_ms: Option<u64>,
 }
 
+/// A file name as a command-line word that cannot be an option: `./name`,
+/// unless it already is an absolute or `./` path.
+fn as_path(name: &str) -> String {
+    if name.is_empty() || name.starts_with('/') || name.starts_with("./") {
+        name.to_owned()
+    } else {
+        format!("./{name}")
+    }
+}
+
 fn default_compile_memory() -> u64 {
     512
 }
@@ -137,17 +147,24 @@ pub fn version_line(output: &str) -> String {
 
 impl Recipe {
     /// Expands placeholders in `words` for a program made of `files`.
+    ///
+    /// `{entry}` and `{files}` become paths, `./name` for a relative name,
+    /// so that no file name is ever read as an option by the compiler or
+    /// interpreter, whatever it is called (file names are checked as well:
+    /// see [`crate::validate_file_name`]). `{entry_stem}` stays a bare name
+    /// (a Java class), which a plain name never lets start with `-`.
     pub fn expand(words: &[String], files: &[String], binary: &str) -> Vec<String> {
         let entry = files.first().map(String::as_str).unwrap_or_default();
         let stem = entry.rsplit_once('.').map_or(entry, |(stem, _)| stem);
+        let entry_path = as_path(entry);
         let mut out = Vec::with_capacity(words.len() + files.len());
         for w in words {
             if w == "{files}" {
-                out.extend(files.iter().cloned());
+                out.extend(files.iter().map(|f| as_path(f)));
             } else {
                 out.push(
                     w.replace("{entry_stem}", stem)
-                        .replace("{entry}", entry)
+                        .replace("{entry}", &entry_path)
                         .replace("{binary}", binary),
                 );
             }
@@ -223,10 +240,19 @@ mod tests {
         let files = vec!["main.go".to_string(), "util.go".to_string()];
         assert_eq!(
             Recipe::expand(&words, &files, "/b/prog"),
-            ["go", "build", "-o", "/b/prog", "main.go", "util.go"]
+            ["go", "build", "-o", "/b/prog", "./main.go", "./util.go"]
         );
         let run = vec!["python3".to_string(), "{entry}".to_string()];
-        assert_eq!(Recipe::expand(&run, &files, ""), ["python3", "main.go"]);
+        assert_eq!(Recipe::expand(&run, &files, ""), ["python3", "./main.go"]);
+        // A name that looks like an option stays a path.
+        assert_eq!(
+            Recipe::expand(&run, &["-x.py".to_string()], ""),
+            ["python3", "./-x.py"]
+        );
+        assert_eq!(
+            Recipe::expand(&run, &["/abs/x.py".to_string()], ""),
+            ["python3", "/abs/x.py"]
+        );
         let java: Vec<String> = [
             "-cp",
             "{binary}",

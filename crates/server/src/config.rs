@@ -11,6 +11,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// No API keys; only allowed on a loopback listener.
     pub dev: bool,
+    /// Names a `--dev` server answers to besides `localhost`, `127.0.0.1`
+    /// and `[::1]` (the listen address, `--allowed-host`); requests for any
+    /// other `Host` get 421 (see `api::host`).
+    pub allowed_hosts: Vec<String>,
     /// Anyone may use the Piston compatible API at `/piston/api/v2/...`
     /// without a key (that API alone; its jobs belong to no key).
     pub piston_anonymous: bool,
@@ -65,6 +69,7 @@ impl ServerConfig {
         ServerConfig {
             data_dir,
             dev: false,
+            allowed_hosts: Vec::new(),
             piston_anonymous: false,
             defaults: Limits::default(),
             maxima: Maxima {

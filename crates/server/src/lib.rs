@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod nats;
 pub mod pool;
 pub mod queue;
+pub mod redact;
 pub mod server;
 pub mod service;
 pub mod state;

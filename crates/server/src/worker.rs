@@ -317,8 +317,9 @@ impl Worker {
                     last_error = format!("{e}{where_log}");
                     tracing::warn!(job = %job.id, attempt, "VM failed during the run: {last_error}");
                     if streamed {
+                        let message = crate::redact::host_paths(&last_error);
                         return Ending::Done(
-                            Box::new(RunReport::internal_error(last_error, Some(&info))),
+                            Box::new(RunReport::internal_error(message, Some(&info))),
                             timings(run_ms),
                         );
                     }
@@ -331,9 +332,15 @@ impl Worker {
             run_ms: 0,
             total_ms: queue_ms + started.elapsed().as_millis() as u64,
         };
+        // The full error (with host paths) goes to the log; the tenant is
+        // told what failed, not where.
+        tracing::error!(job = %job.id, "no VM could run the job: {last_error}");
         Ending::Done(
             Box::new(RunReport::internal_error(
-                format!("no VM could run the job: {last_error}"),
+                format!(
+                    "no VM could run the job: {}",
+                    crate::redact::host_paths(&last_error)
+                ),
                 None,
             )),
             timings,

@@ -89,7 +89,8 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
                 .context("opening the PostgreSQL job database")?,
         ),
         None => {
-            std::fs::create_dir_all(&data_dir)
+            // 0700, its files 0600: tenants' code and outputs, secrets.
+            ignis_vmm::paths::private_dir(&data_dir)
                 .with_context(|| format!("creating {}", data_dir.display()))?;
             Box::new(
                 SqliteStore::open(&data_dir.join("ignis.db"))

@@ -20,6 +20,16 @@ pub struct Args {
     /// No API keys (loopback only). Never use this on a shared machine.
     #[arg(long)]
     pub dev: bool,
+    /// A host name (or address) a `--dev` server answers to besides
+    /// localhost, 127.0.0.1, [::1] and the listen address; repeatable.
+    /// Requests naming any other `Host` get 421, so no web page can reach
+    /// the server through DNS rebinding.
+    #[arg(
+        long = "allowed-host",
+        env = "IGNIS_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
     /// Let callers without an API key use the Piston compatible API
     /// (`/piston/api/v2/...`), and only that API. Keyed callers use
     /// `/piston/k/<api key>/api/v2/...` either way.
@@ -60,10 +70,13 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(a: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.data_dir)
+    // 0700, its files 0600: tenants' code and outputs, secrets.
+    ignis_vmm::paths::private_dir(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let mut cfg = ServerConfig::new(a.data_dir.clone());
     cfg.dev = a.dev;
+    cfg.allowed_hosts = a.allowed_hosts.clone();
+    cfg.allowed_hosts.push(a.listen.to_string());
     cfg.piston_anonymous = a.piston_anonymous;
     cfg.pool.warm = a.warm;
     cfg.pool.max_vms = a.max_vms;

@@ -53,7 +53,8 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn work(a: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.data_dir)
+    // 0700, its files 0600: tenants' code and outputs, secrets.
+    ignis_vmm::paths::private_dir(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let mut cfg = ServerConfig::new(a.data_dir.clone());
     cfg.pool.warm = a.warm;

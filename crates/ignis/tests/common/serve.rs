@@ -33,6 +33,8 @@ pub struct Serve {
     pub base: String,
     /// What it printed on stderr so far, for failure reports.
     pub log: Arc<Mutex<String>>,
+    /// Its data directory, which `ignis` itself created.
+    pub data_dir: PathBuf,
     _dirs: [tempfile::TempDir; 2],
 }
 
@@ -47,15 +49,24 @@ impl Serve {
         Serve::start(&["--dev"], false).0
     }
 
+    /// Under `--dev`, with more flags.
+    pub fn dev_with(extra: &[&str]) -> Serve {
+        let mut args = vec!["--dev"];
+        args.extend_from_slice(extra);
+        Serve::start(&args, false).0
+    }
+
     fn start(extra: &[&str], make_key: bool) -> (Serve, String) {
         let (data, run) = (
             tempfile::tempdir().expect("tmp"),
             tempfile::tempdir().expect("tmp"),
         );
+        // Not there yet: `ignis` makes it, as on a fresh host.
+        let data_dir = data.path().join("data");
         let ignis = || {
             let mut c = Command::new(env!("CARGO_BIN_EXE_ignis"));
             c.env("IGNIS_RUN_DIR", run.path())
-                .env("IGNIS_DATA_DIR", data.path());
+                .env("IGNIS_DATA_DIR", &data_dir);
             c
         };
         let mut key = String::new();
@@ -110,6 +121,7 @@ impl Serve {
             child,
             base,
             log,
+            data_dir,
             _dirs: [data, run],
         };
         (serve, key)

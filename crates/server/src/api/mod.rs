@@ -2,6 +2,7 @@
 //! validate (see `parsed`), then act through the shared services.
 
 pub mod auth;
+pub mod host;
 pub mod jobs;
 pub mod judge0;
 pub mod misc;
@@ -59,6 +60,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             count_responses,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), host::guard))
         .with_state(state)
 }
 

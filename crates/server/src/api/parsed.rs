@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use ignis_protocol::{validate_files, File, Limits, RunRequest};
+use ignis_protocol::{validate_args_env, validate_files, File, InputError, Limits, RunRequest};
 use serde::{Deserialize, Serialize};
 
 use super::problem::Problem;
@@ -98,6 +98,20 @@ fn check_limit<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(v)
 }
 
+/// Bounded count and size of arguments and environment, each usable on a
+/// command line; the problem names the field (`args[3]`, `env.NAME`).
+pub fn check_args_env(args: &[String], env: &BTreeMap<String, String>) -> Result<(), Problem> {
+    validate_args_env(args, env).map_err(|e| {
+        let slug = match e {
+            InputError::TooManyArgs(_) | InputError::ArgTooLong(..) | InputError::ArgNul(_) => {
+                "invalid-args"
+            }
+            _ => "invalid-env",
+        };
+        Problem::unprocessable(slug, e.to_string())
+    })
+}
+
 impl CreateJob {
     /// `source_file` and `vm_memory_mib` come from the language's image.
     pub fn validate(
@@ -128,8 +142,9 @@ impl CreateJob {
                 ))
             }
         };
-        validate_files(&files)
-            .map_err(|e| Problem::unprocessable("invalid-file", e.to_string()))?;
+        validate_files(&files).map_err(|e| {
+            Problem::unprocessable("invalid-file", format!("{}: {e}", e.field(&files)))
+        })?;
         let code_bytes: usize = files.iter().map(|f| f.content.len()).sum();
         if code_bytes > cfg.maxima.code_bytes {
             return Err(Problem::new(
@@ -158,22 +173,7 @@ impl CreateJob {
                 ),
             ));
         }
-        for a in &self.args {
-            if a.contains('\0') {
-                return Err(Problem::unprocessable(
-                    "invalid-args",
-                    "arguments cannot contain NUL",
-                ));
-            }
-        }
-        for (k, v) in &self.env {
-            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
-                return Err(Problem::unprocessable(
-                    "invalid-env",
-                    format!("environment variable {k:?} is not a valid NAME=VALUE"),
-                ));
-            }
-        }
+        check_args_env(&self.args, &self.env)?;
         let l = self.limits.unwrap_or_default();
         let (d, m) = (cfg.defaults, cfg.maxima);
         // The guest needs room for its own kernel and agent beside the program.
@@ -281,6 +281,14 @@ mod tests {
                 "invalid-env",
             ),
             (
+                serde_json::json!({"language": "python", "files": [{"name": "-x.py", "content": ""}]}),
+                "invalid-file",
+            ),
+            (
+                serde_json::json!({"language": "python", "code": "", "args": vec!["a"; 257]}),
+                "invalid-args",
+            ),
+            (
                 serde_json::json!({"language": "python", "code": "", "webhook_url": "http://127.0.0.1/x"}),
                 "webhook-refused",
             ),
@@ -288,6 +296,21 @@ mod tests {
             let p = body(json.clone()).expect_err("refused");
             assert!(p.kind.ends_with(slug), "{json}: {} {}", p.kind, p.detail);
         }
+        let p = body(serde_json::json!({"language": "python", "files": [
+            {"name": "a.py", "content": ""}, {"name": "--help.py", "content": ""}]}))
+        .expect_err("an option-like name");
+        assert_eq!(p.status, 422);
+        assert!(p.detail.starts_with("files[1].name: "), "{}", p.detail);
+        let p = body(
+            serde_json::json!({"language": "python", "code": "", "args": ["ok", "x".repeat(5000)]}),
+        )
+        .expect_err("a long argument");
+        assert!(p.detail.starts_with("args[1]: "), "{}", p.detail);
+        let p = body(
+            serde_json::json!({"language": "python", "code": "", "env": {"K": "v".repeat(5000)}}),
+        )
+        .expect_err("a long variable");
+        assert!(p.detail.starts_with("env.K: "), "{}", p.detail);
         assert!(serde_json::from_value::<CreateJob>(
             serde_json::json!({"language": "python", "code": "", "extra": 1})
         )

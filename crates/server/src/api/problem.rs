@@ -130,7 +130,10 @@ impl From<crate::service::ServiceError> for Problem {
                 Problem::unavailable(
                     "unavailable",
                     "Service unavailable",
-                    format!("{m}; nothing was changed, try again later"),
+                    format!(
+                        "{}; nothing was changed, try again later",
+                        crate::redact::host_paths(&m)
+                    ),
                 )
             }
             E::Internal(m) => {

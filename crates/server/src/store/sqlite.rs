@@ -110,9 +110,9 @@ impl SqliteStore {
     /// up to date. Refuses a file written by a newer Ignis, whose schema this
     /// build cannot know.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).ctx(format_args!("creating {}", dir.display()))?;
-        }
+        // Every tenant's code, input and output: the owner's alone (0600 in 0700).
+        ignis_vmm::paths::private_database(path)
+            .ctx(format_args!("creating {}", path.display()))?;
         let mut conn = Connection::open(path).ctx(format_args!("opening {}", path.display()))?;
         // First, so that even the setup below waits for another process's
         // lock instead of failing at once with SQLITE_BUSY.

@@ -286,3 +286,34 @@ version = "v"
         assert!(err.contains(want), "{name}: {err}");
     }
 }
+
+/// No recipe in the repository hands a file name to its compiler or
+/// interpreter as a bare word: whatever the files are called (even a name
+/// the checks would refuse), `{entry}` and `{files}` reach the command line
+/// as `./name` or inside a path, never where they could be read as an
+/// option. (`{entry_stem}`, Java's class name, is kept from starting with
+/// `-` by the file name checks alone.)
+#[test]
+fn every_recipe_passes_file_names_as_paths() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/languages");
+    let files = recipe_files(&dir).expect("the recipes");
+    assert!(files.len() >= 11, "{files:?}");
+    for f in files {
+        let r = read_recipe(&f).expect("a sound recipe");
+        let ext = &r.extensions[0];
+        let names = vec![format!("-x.{ext}"), format!("--help.{ext}")];
+        let mut steps = vec![r.run.clone()];
+        steps.extend(r.compile.iter().map(|c| c.command.clone()));
+        for step in steps {
+            for word in ignis_protocol::Recipe::expand(&step, &names, "/job/bin/program") {
+                if word.contains("x.") || word.contains("help.") {
+                    assert!(
+                        word.starts_with("./") || word.starts_with('/'),
+                        "{}: {word:?} in {step:?}",
+                        r.name
+                    );
+                }
+            }
+        }
+    }
+}

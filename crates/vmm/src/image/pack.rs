@@ -66,14 +66,28 @@ impl Kind {
 
     /// Everything about packing that changes the image, for cache keys.
     pub fn fingerprint(self) -> String {
-        format!("{MKFS_OPTIONS:?} {:?}", self.excludes())
+        format!("{MKFS_OPTIONS:?} {:?} no-setid", self.excludes())
     }
 }
 
 /// Packs `tree` into `out` (replaced if it exists). Returns its size.
+/// No image carries a set-user-id or set-group-id file or directory: the
+/// bits are cleared in the tree first (see [`strip_setid`]).
 pub fn pack(host: &dyn BuildHost, tree: &Path, out: &Path, kind: Kind) -> Result<u64, BuildError> {
     if out.exists() {
         std::fs::remove_file(out)?;
+    }
+    let stripped = strip_setid(tree)?;
+    if !stripped.is_empty() {
+        eprintln!(
+            "image: cleared set-id bits of {} in {}",
+            stripped
+                .iter()
+                .map(|p| p.strip_prefix(tree).unwrap_or(p).display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            tree.display()
+        );
     }
     let mut cmd = Command::new("mkfs.erofs");
     cmd.arg("--quiet").args(MKFS_OPTIONS);
@@ -83,6 +97,36 @@ pub fn pack(host: &dyn BuildHost, tree: &Path, out: &Path, kind: Kind) -> Result
     cmd.arg(out).arg(tree);
     host.exec(&mut cmd, "mkfs.erofs")?;
     Ok(std::fs::metadata(out)?.len())
+}
+
+/// Clears the set-user-id and set-group-id bits of every file and
+/// directory under `root` (symbolic links are not followed), and returns
+/// what it changed. Debian's `su`, `mount`, `passwd` and the like are
+/// setuid root; a guest's programs have no business becoming root, so the
+/// images carry none (and the guest mounts its root `nosuid` besides).
+pub fn strip_setid(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        let ft = meta.file_type();
+        if !ft.is_file() && !ft.is_dir() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o6000 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o1777))?;
+            changed.push(path.clone());
+        }
+        if ft.is_dir() {
+            for e in std::fs::read_dir(&path)? {
+                todo.push(e?.path());
+            }
+        }
+    }
+    changed.sort();
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -115,6 +159,58 @@ mod tests {
             .filter(|p| out.join(p).is_file())
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn set_id_bits_are_cleared_and_links_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        let tmp = tempfile::tempdir().expect("tmp");
+        let tree = tmp.path().join("tree");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(tree.join("usr/bin")).expect("mkdir");
+        std::fs::create_dir_all(tree.join("var/mail")).expect("mkdir");
+        std::fs::create_dir_all(tree.join("tmp")).expect("mkdir");
+        for f in ["usr/bin/su", "usr/bin/wall", "usr/bin/ls"] {
+            std::fs::write(tree.join(f), b"x").expect("write");
+        }
+        std::fs::write(&outside, b"x").expect("write");
+        set(&tree.join("usr/bin/su"), 0o4755);
+        set(&tree.join("usr/bin/wall"), 0o2755);
+        set(&tree.join("usr/bin/ls"), 0o755);
+        set(&tree.join("var/mail"), 0o2775);
+        set(&tree.join("tmp"), 0o1777);
+        set(&outside, 0o4755);
+        std::os::unix::fs::symlink(&outside, tree.join("usr/bin/link")).expect("symlink");
+
+        let changed = strip_setid(&tree).expect("strip");
+        let rel: Vec<_> = changed
+            .iter()
+            .map(|p| p.strip_prefix(&tree).expect("inside").to_owned())
+            .collect();
+        assert_eq!(
+            rel,
+            ["usr/bin/su", "usr/bin/wall", "var/mail"].map(std::path::PathBuf::from)
+        );
+        assert_eq!(mode(&tree.join("usr/bin/su")), 0o755);
+        assert_eq!(mode(&tree.join("usr/bin/wall")), 0o755);
+        assert_eq!(mode(&tree.join("var/mail")), 0o775);
+        assert_eq!(mode(&tree.join("tmp")), 0o1777, "sticky bits stay");
+        assert_eq!(
+            mode(&outside),
+            0o4755,
+            "a link's target outside is left alone"
+        );
+        assert!(strip_setid(&tree).expect("again").is_empty());
     }
 
     const EVERYWHERE_OUT: [&str; 8] = [

@@ -591,11 +591,11 @@ impl Drop for VmDir {
 }
 
 fn keep_log(log_dir: &Path, id: &str, machine: &dyn Machine, why: &str) -> Option<PathBuf> {
-    std::fs::create_dir_all(log_dir).ok()?;
+    crate::paths::private_dir(log_dir).ok()?; // A guest's output: 0700, 0600.
     let path = log_dir.join(format!("vm-{id}.log"));
     let mut text = machine.console().contents();
     text.extend_from_slice(format!("\n--- ignis: {why}\n").as_bytes());
-    std::fs::write(&path, text).ok()?;
+    crate::paths::write_private(&path, &text).ok()?;
     // The caller says what failed, naming this log; no second line here.
     tracing::debug!(vm = %id, log = %path.display(), "{why}; console log kept");
     Some(path)
