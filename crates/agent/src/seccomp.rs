@@ -75,10 +75,8 @@ pub fn shared() -> io::Result<&'static BpfProgram> {
 
 /// The compiled filter: `EPERM` for [`REFUSED`], allow for the rest.
 pub fn program() -> io::Result<BpfProgram> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = REFUSED
-        .iter()
-        .map(|&(_, nr)| (nr, Vec::new()))
-        .collect();
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        REFUSED.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
