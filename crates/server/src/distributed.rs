@@ -171,6 +171,11 @@ pub async fn run_worker(
         bus,
     } = w;
     let cancels = bus.serve_cancels(svc.running.clone()).await?;
+    // Workers send webhooks; deliveries a stopped or crashed worker left
+    // pending are sent again (at least once: a receiver may see one twice).
+    if let Err(e) = crate::service::resume_webhooks(&svc).await {
+        tracing::warn!("pending webhook deliveries not resumed: {e}");
+    }
     let quiet = CancellationToken::new();
     let me = svc.clone();
     let announcer = announce(client.clone(), quiet.clone(), move || {

@@ -178,12 +178,12 @@ impl JobEvent {
 }
 
 /// Output kept per job for late subscribers; beyond it only live events flow.
-const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Events kept per job for late subscribers. Output chunks that follow one
 /// another on the same stream are joined in the history, so a program that
 /// writes a byte at a time fills this only by switching streams.
-const HISTORY_EVENTS_MAX: usize = 4096;
+pub const HISTORY_EVENTS_MAX: usize = 4096;
 
 /// Subscribers one job may have at once (SSE clients and waiting
 /// submissions); more are refused (429) rather than each costing memory.

@@ -9,7 +9,8 @@
 //! A cancel is a request on `ignis.cancel.<id>`: the worker running the job
 //! stops it and answers; no answer means nobody runs it now.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
@@ -18,7 +19,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::events::{Bus, BusError, EventStream, JobEvent, RunningJobs};
+use crate::events::{Bus, BusError, EventStream, JobEvent, RunningJobs, SUBSCRIBERS_MAX};
 use crate::job::JobId;
 use crate::queue::nats::EVENTS_STREAM;
 
@@ -38,6 +39,53 @@ pub struct NatsBus {
     client: async_nats::Client,
     js: jetstream::Context,
     outbox: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    subscribers: Subscribers,
+}
+
+/// Subscribers per job in this process, bounded as in the one-process hub:
+/// each is a consumer on the server, and costs memory here.
+#[derive(Debug, Clone, Default)]
+struct Subscribers(Arc<Mutex<HashMap<JobId, usize>>>);
+
+impl Subscribers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more subscriber of `id`, given back when dropped.
+    fn enter(&self, id: JobId) -> Result<Place, BusError> {
+        let mut g = self.lock();
+        let n = g.entry(id).or_default();
+        if *n >= SUBSCRIBERS_MAX {
+            return Err(BusError::TooManySubscribers {
+                id,
+                max: SUBSCRIBERS_MAX,
+            });
+        }
+        *n += 1;
+        Ok(Place {
+            of: self.clone(),
+            id,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Place {
+    of: Subscribers,
+    id: JobId,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut g = self.of.lock();
+        if let Some(n) = g.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                g.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl NatsBus {
@@ -58,6 +106,7 @@ impl NatsBus {
             js: jetstream::new(client.clone()),
             client,
             outbox,
+            subscribers: Subscribers::default(),
         }
     }
 
@@ -106,6 +155,7 @@ impl Bus for NatsBus {
 
     async fn subscribe(&self, id: JobId) -> Result<Option<EventStream>, BusError> {
         let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
+        let place = self.subscribers.enter(id)?;
         let stream = self
             .js
             .get_stream(EVENTS_STREAM)
@@ -122,7 +172,9 @@ impl Bus for NatsBus {
         let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
         let events = messages
             .take_while(|m| futures::future::ready(m.is_ok()))
-            .filter_map(|m| {
+            .filter_map(move |m| {
+                // The place is held for as long as the stream lives.
+                let _ = &place;
                 let ev = m
                     .ok()
                     .and_then(|m| serde_json::from_slice::<JobEvent>(&m.payload).ok());
@@ -137,3 +189,7 @@ impl Bus for NatsBus {
         matches!(tokio::time::timeout(STOP_WAIT, ask).await, Ok(Ok(_)))
     }
 }
+
+#[cfg(test)]
+#[path = "bus_tests.rs"]
+mod tests;

@@ -106,13 +106,20 @@ pub async fn ensure_streams(
         retention: RetentionPolicy::Limits,
         max_age: Duration::from_secs(3600),
         max_bytes: 512 * 1024 * 1024,
+        // Per job, as the one-process hub keeps: a job that floods events
+        // loses its oldest ones, not other jobs' history.
+        max_messages_per_subject: crate::events::HISTORY_EVENTS_MAX as i64,
         discard: DiscardPolicy::Old,
         storage: StorageType::File,
         ..Default::default()
     };
-    js.get_or_create_stream(events)
+    js.get_or_create_stream(events.clone())
         .await
         .map_err(|e| unavailable("events stream", e))?;
+    // A stream made by an earlier version lacks the per-job bound.
+    js.update_stream(events)
+        .await
+        .map_err(|e| unavailable("events stream limits", e))?;
     let stream = js
         .get_or_create_stream(jobs.clone())
         .await
