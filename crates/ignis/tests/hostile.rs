@@ -195,6 +195,7 @@ async fn huge_argv_is_refused_cleanly() {
     let r = run(req).await;
     assert_ne!(r.outcome.status, Verdict::Ok, "{r:#?}");
     assert!(!r.stdout.contains("started"), "{r:#?}");
+    assert!(r.stderr.is_empty(), "the program never started: {r:#?}");
     let message = r.outcome.message.as_deref().unwrap_or_default();
     assert!(
         message.contains(&format!("4096 arguments, at most {ARGS_MAX}")),
