@@ -30,6 +30,22 @@ impl Origin {
     }
 }
 
+/// The kinds of VM [`timings`] measures, in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Booted,
+    Restored,
+    Baseline,
+}
+
+/// `kinds` started at index `by` (modulo its length), wrapping round.
+fn rotated(kinds: &[Kind], by: usize) -> Vec<Kind> {
+    let n = kinds.len().max(1);
+    let mut v = kinds.to_vec();
+    v.rotate_left(by % n);
+    v
+}
+
 /// A ready VM of `language` that really came to be the way `origin` says:
 /// a restore that fell back to a boot would pass a boot off as a restore.
 pub async fn start(launcher: &Launcher, language: &str, origin: Origin) -> anyhow::Result<Vm> {
@@ -109,8 +125,11 @@ impl Samples {
 }
 
 /// `runs` booted and `runs` restored VMs (and, with a `baseline` flat
-/// image, `runs` booted ones of it), alternating so that whatever else the
-/// host does falls on all alike. The snapshot must exist already.
+/// image, `runs` booted ones of it). The order of the kinds rotates from one
+/// round to the next, so that whatever a VM leaves behind for the next one
+/// (its memory being handed back, a busy core) falls on every kind alike:
+/// with a fixed order the VM that always came after a booted one was
+/// measured up to 20 % slower. The snapshot must exist already.
 pub async fn timings(
     launcher: &Launcher,
     h: &Hello,
@@ -122,23 +141,35 @@ pub async fn timings(
     let mut runtime_version = String::new();
     let language = h.language.as_str();
     let image = launcher.catalog.language(language)?;
+    let mut kinds = vec![Kind::Booted, Kind::Restored];
+    if baseline.is_some() {
+        kinds.push(Kind::Baseline);
+    }
     for i in 1..=runs {
-        for (origin, samples) in [
-            (Origin::Booted, &mut booted),
-            (Origin::Restored, &mut restored),
-        ] {
-            eprintln!("bench: {language} in a {} VM, {i}/{runs}", origin.name());
-            let vm = start(launcher, language, origin).await?;
-            runtime_version.clone_from(&vm.info().runtime_version);
-            samples.measure(vm, h, origin.name()).await?;
-        }
-        if let Some(image) = baseline {
-            eprintln!("bench: {language} in a booted VM of the baseline image, {i}/{runs}");
-            let cfg = flat_config(launcher, image);
-            let vm = Vm::start(&*launcher.driver, &cfg, ignis_vmm::Origin::Boot)
-                .await
-                .with_context(|| format!("booting the {language} baseline image"))?;
-            flat.measure(vm, h, "baseline").await?;
+        for kind in rotated(&kinds, i - 1) {
+            let (vm, samples, what) = match kind {
+                Kind::Booted | Kind::Restored => {
+                    let (origin, samples) = match kind {
+                        Kind::Booted => (Origin::Booted, &mut booted),
+                        _ => (Origin::Restored, &mut restored),
+                    };
+                    eprintln!("bench: {language} in a {} VM, {i}/{runs}", origin.name());
+                    let vm = start(launcher, language, origin).await?;
+                    runtime_version.clone_from(&vm.info().runtime_version);
+                    (vm, samples, origin.name())
+                }
+                Kind::Baseline => {
+                    // `kinds` holds Baseline only when there is an image.
+                    let Some(image) = baseline else { continue };
+                    eprintln!("bench: {language} in a booted VM of the baseline image, {i}/{runs}");
+                    let cfg = flat_config(launcher, image);
+                    let vm = Vm::start(&*launcher.driver, &cfg, ignis_vmm::Origin::Boot)
+                        .await
+                        .with_context(|| format!("booting the {language} baseline image"))?;
+                    (vm, &mut flat, "baseline")
+                }
+            };
+            samples.measure(vm, h, what).await?;
         }
     }
     let booted = booted.into_side(Origin::Booted.name())?;
@@ -347,4 +378,26 @@ pub async fn memory(
         restored_group,
         pooled_group: pooled.into_idle(GROUP)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_takes_every_place_in_turn() {
+        let kinds = [Kind::Booted, Kind::Restored, Kind::Baseline];
+        let rounds: Vec<_> = (0..3).map(|i| rotated(&kinds, i)).collect();
+        for place in 0..3 {
+            let seen: Vec<_> = rounds.iter().map(|r| r[place]).collect();
+            for k in kinds {
+                assert!(
+                    seen.contains(&k),
+                    "{k:?} never in place {place}: {rounds:?}"
+                );
+            }
+        }
+        assert_eq!(rotated(&kinds, 3), kinds);
+        assert!(rotated(&[], 2).is_empty());
+    }
 }
