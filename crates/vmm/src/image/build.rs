@@ -23,7 +23,7 @@ use ignis_protocol::Recipe;
 use sha2::{Digest, Sha256};
 
 use super::pack::{self, Kind};
-use super::tree;
+use super::{hot, tree};
 use super::{BaseImage, BaseManifest, Manifest, BASE_DIR, LAYER_FILE, RESERVED};
 
 /// Bumped when the way trees are made changes, to invalidate caches.
@@ -178,7 +178,7 @@ pub fn build_base(host: &dyn BuildHost, opts: &BuildOptions) -> Result<BaseImage
     std::fs::create_dir_all(&dir)?;
     eprintln!("image base: packing {id}");
     let tmp = dir.join(format!(".{id}.erofs.tmp"));
-    let bytes = pack::pack(host, &tree, &tmp, Kind::Base)?;
+    let bytes = pack::pack(host, &tree, &tmp, Kind::Base, &[])?;
     std::fs::rename(&tmp, &path)?;
     let manifest = BaseManifest {
         id,
@@ -250,20 +250,46 @@ pub fn build_on(
     std::fs::create_dir_all(layer.join("etc/ignis"))?;
     std::fs::write(layer.join("etc/ignis/recipe.json"), &recipe_json)?;
     // The version as a guest will see it: the layer over the base. A
-    // version command that fails fails the build.
+    // version command that fails fails the build. Then what a guest runs
+    // before it is ready, under strace, for the files to keep uncompressed.
     let scratch = layer.with_extension("mnt");
-    let version = tree::with_overlay(host, &[&layer, &base_tree], None, &scratch, |root| {
+    let probed = tree::with_overlay(host, &[&layer, &base_tree], None, &scratch, |root| {
         tree::with_system_mounts(host, root, None, || {
-            tree::chroot(host, root, &recipe.version)
+            let version = tree::chroot(host, root, &recipe.version)?;
+            let mut start = recipe.warmup.clone();
+            start.push(recipe.version.clone());
+            let hot = match hot::profile(host, root, &scratch.join("profile"), &start) {
+                Ok(opened) => hot::in_layer(root, &layer, &opened),
+                Err(e) => {
+                    eprintln!(
+                        "image {}: cannot profile its start ({e}); every file stays compressed",
+                        recipe.name
+                    );
+                    Vec::new()
+                }
+            };
+            Ok((version, hot))
         })
     });
     let _ = std::fs::remove_dir_all(&scratch);
-    let version = ignis_protocol::version_line(&version?);
+    let (version, hot) = probed?;
+    let version = ignis_protocol::version_line(&version);
 
     std::fs::create_dir_all(&out_dir)?;
-    eprintln!("image {}: packing its layer", recipe.name);
+    let hot_bytes: u64 = hot
+        .iter()
+        .filter_map(|p| std::fs::metadata(layer.join(p)).ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "image {}: packing its layer ({} files its start reads, {:.1} MiB, uncompressed)",
+        recipe.name,
+        hot.len(),
+        hot_bytes as f64 / f64::from(1 << 20)
+    );
     let tmp = out_dir.join(format!(".{LAYER_FILE}.tmp"));
-    let layer_bytes = pack::pack(host, &layer, &tmp, kind)?;
+    let patterns: Vec<String> = hot.iter().filter_map(|p| hot::exact_pattern(p)).collect();
+    let layer_bytes = pack::pack(host, &layer, &tmp, kind, &patterns)?;
     let manifest = Manifest {
         language: recipe.name.clone(),
         version,

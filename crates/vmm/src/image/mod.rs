@@ -16,7 +16,9 @@
 //! and left out; the other languages are unaffected.
 
 pub mod build;
+
 pub mod flat;
+mod hot;
 mod pack;
 mod tree;
 

@@ -46,6 +46,15 @@ const BASE_ONLY: [&str; 6] = [
 /// static libraries, which only a compiler reads.
 const NOT_COMPILED: [&str; 2] = ["^usr/include(/|$)", "^usr/lib/.*\\.a$"];
 
+/// What every guest reads while it starts, whatever its language, kept
+/// uncompressed in the base (see `hot`): the agent, the dynamic loader,
+/// the C and maths libraries, the C.UTF-8 locale.
+const BASE_HOT: [&str; 3] = [
+    "^sbin/ignis-agent$",
+    "^usr/lib/x86_64-linux-gnu/(ld-linux-x86-64\\.so\\.2|libc\\.so\\.6|libm\\.so\\.6)$",
+    "^usr/lib/locale/C\\.utf8/",
+];
+
 /// Which set of exclusions an image gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -64,16 +73,39 @@ impl Kind {
         out
     }
 
+    /// Files stored uncompressed whatever the profile finds.
+    pub fn always_hot(self) -> &'static [&'static str] {
+        match self {
+            Kind::Base => &BASE_HOT,
+            Kind::Layer { .. } => &[],
+        }
+    }
+
     /// Everything about packing that changes the image, for cache keys.
+    /// (A layer's start-up files follow from its tree and recipe, which
+    /// its key holds already.)
     pub fn fingerprint(self) -> String {
-        format!("{MKFS_OPTIONS:?} {:?} no-setid", self.excludes())
+        format!(
+            "{MKFS_OPTIONS:?} {:?} no-setid hot {:?} up to {}",
+            self.excludes(),
+            self.always_hot(),
+            super::hot::MAX_FILE_BYTES
+        )
     }
 }
 
 /// Packs `tree` into `out` (replaced if it exists). Returns its size.
 /// No image carries a set-user-id or set-group-id file or directory: the
-/// bits are cleared in the tree first (see [`strip_setid`]).
-pub fn pack(host: &dyn BuildHost, tree: &Path, out: &Path, kind: Kind) -> Result<u64, BuildError> {
+/// bits are cleared in the tree first (see [`strip_setid`]). Files matching
+/// `hot` (regular expressions on paths relative to the tree), and the
+/// kind's [`Kind::always_hot`], are stored uncompressed.
+pub fn pack(
+    host: &dyn BuildHost,
+    tree: &Path,
+    out: &Path,
+    kind: Kind,
+    hot: &[String],
+) -> Result<u64, BuildError> {
     if out.exists() {
         std::fs::remove_file(out)?;
     }
@@ -94,8 +126,23 @@ pub fn pack(host: &dyn BuildHost, tree: &Path, out: &Path, kind: Kind) -> Result
     for x in kind.excludes() {
         cmd.arg(format!("--exclude-regex={x}"));
     }
+    // One `<physical cluster bytes> <pattern>` per line; 0 = uncompressed.
+    let hints_file = out.with_extension("hints");
+    let hints: String = kind
+        .always_hot()
+        .iter()
+        .copied()
+        .chain(hot.iter().map(String::as_str))
+        .map(|p| format!("0 {p}\n"))
+        .collect();
+    if !hints.is_empty() {
+        std::fs::write(&hints_file, hints)?;
+        cmd.arg(format!("--compress-hints={}", hints_file.display()));
+    }
     cmd.arg(out).arg(tree);
-    host.exec(&mut cmd, "mkfs.erofs")?;
+    let packed = host.exec(&mut cmd, "mkfs.erofs");
+    let _ = std::fs::remove_file(&hints_file);
+    packed?;
     Ok(std::fs::metadata(out)?.len())
 }
 
@@ -145,7 +192,7 @@ mod tests {
             std::fs::write(&f, p.as_bytes()).expect("write");
         }
         let image = tmp.path().join("image.erofs");
-        pack(&RealHost, &tree, &image, kind)
+        pack(&RealHost, &tree, &image, kind, &[])
             .expect("mkfs.erofs (erofs-utils; scripts/setup installs it)");
         let out = tmp.path().join("out");
         let st = Command::new("fsck.erofs")
@@ -159,6 +206,38 @@ mod tests {
             .filter(|p| out.join(p).is_file())
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn hot_files_are_stored_uncompressed_and_read_back_the_same() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/bin")).expect("mkdir");
+        let text = "print('hello, world')\n".repeat(12_000);
+        std::fs::write(tree.join("usr/bin/python3.11"), &text).expect("write");
+        let size = |hot: &[String]| {
+            let image = tmp.path().join("image.erofs");
+            let kind = Kind::Layer { compiled: false };
+            pack(&RealHost, &tree, &image, kind, hot).expect("mkfs.erofs (erofs-utils)")
+        };
+        let compressed = size(&[]);
+        let pattern = super::super::hot::exact_pattern(Path::new("usr/bin/python3.11"));
+        let plain = size(&[pattern.expect("a plain path")]);
+        assert!(
+            plain >= compressed + text.len() as u64 / 2,
+            "{} bytes of text: {compressed} compressed, {plain} with it hot",
+            text.len()
+        );
+        let out = tmp.path().join("out");
+        let st = Command::new("fsck.erofs")
+            .arg(format!("--extract={}", out.display()))
+            .arg(tmp.path().join("image.erofs"))
+            .output()
+            .expect("fsck.erofs (erofs-utils)");
+        assert!(st.status.success(), "{st:?}");
+        let back = std::fs::read_to_string(out.join("usr/bin/python3.11")).expect("read");
+        assert!(back == text, "the hot file reads back changed");
+        assert!(!tmp.path().join("image.hints").exists(), "hints file left");
     }
 
     #[test]
