@@ -104,6 +104,33 @@ async fn refused_calls_get_eperm_and_nothing_grants_privileges() {
     }
 }
 
+/// An image with a set-id file (one Ignis did not pack) never starts a VM:
+/// the driver walks its drives first and refuses, naming the file, before
+/// any VMM runs, and leaves nothing behind.
+#[tokio::test]
+async fn no_vm_starts_from_an_image_with_a_setid_file() {
+    let fake = fake_image_with(
+        SILENT_AGENT,
+        &[("bin/su", b"#!/bin/busybox sh\n")],
+        &["bin/su"],
+    )
+    .await;
+    let err = fake.boot().await.expect_err("an image with a set-uid file");
+    let ignis_vmm::BootError::Driver(ignis_vmm::DriverError::Image(why)) = &err else {
+        panic!("expected the image to be refused, got {err}");
+    };
+    assert!(why.contains("/bin/su") && why.contains("set-id"), "{why}");
+    assert!(why.contains("fake-base.erofs"), "{why}");
+    assert_eq!(
+        entries(fake.runtime_dir()),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(
+        !process_mentions(&fake.cfg.image.base.path),
+        "a monitor was started"
+    );
+}
+
 #[tokio::test]
 async fn plain_names_run_and_option_like_names_are_refused_by_the_agent() {
     let launcher = launcher(&["python"]).await;

@@ -179,6 +179,12 @@ fn erofs(mkfs: &Path, tree: &Path, out: &Path) -> u64 {
 /// Builds the fake image; fails the test if the host lacks the real
 /// kernel, busybox or mkfs.ext4.
 pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> FakeImage {
+    fake_image_with(script, extra, &[]).await
+}
+
+/// [`fake_image`] whose `setuid` files (of `extra`) are set-user-id, as
+/// an image Ignis did not build could be.
+pub async fn fake_image_with(script: &str, extra: &[(&str, &[u8])], setuid: &[&str]) -> FakeImage {
     let real = images(&[]);
     let busybox = Path::new("/bin/busybox");
     let (Some(mkfs), true) = (mkfs(), busybox.exists()) else {
@@ -213,6 +219,10 @@ pub async fn fake_image(script: &str, extra: &[(&str, &[u8])]) -> FakeImage {
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     for (name, bytes) in extra {
         std::fs::write(tree.join(name), bytes).expect("write extra file");
+    }
+    for name in setuid {
+        std::fs::set_permissions(tree.join(name), std::fs::Permissions::from_mode(0o4755))
+            .expect("chmod u+s");
     }
 
     // The busybox tree is the base; the layer is empty (the fake agent

@@ -195,6 +195,15 @@ pub enum DriverError {
         driver: &'static str,
         what: &'static str,
     },
+    /// An image no VM may start from (see `image::erofs::check_drives`).
+    #[error("refusing the image: {0}")]
+    Image(String),
+}
+
+/// Checks the drives of a VM about to start: see
+/// [`crate::image::erofs::check_drives`]. Every driver calls it first.
+pub fn check_drives(spec: &MachineSpec<'_>) -> Result<(), DriverError> {
+    crate::image::erofs::check_drives(spec.drives).map_err(DriverError::Image)
 }
 
 impl DriverError {

@@ -16,7 +16,7 @@
 //! and left out; the other languages are unaffected.
 
 pub mod build;
-
+pub(crate) mod erofs;
 pub mod flat;
 mod hot;
 mod pack;

@@ -85,6 +85,7 @@ impl Firecracker {
         spec: &MachineSpec<'_>,
         extra: Vec<jail::Mount>,
     ) -> Result<(FcMachine, Client), DriverError> {
+        super::check_drives(spec)?;
         let api_socket = spec.dir.join("api.sock");
         let vsock = spec.dir.join("v.sock");
         // Listening before the guest can dial: a guest connection is

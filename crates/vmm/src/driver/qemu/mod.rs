@@ -78,6 +78,7 @@ impl Qemu {
         spec: &MachineSpec<'_>,
         mode: Mode<'_>,
     ) -> Result<Box<dyn Machine>, DriverError> {
+        super::check_drives(spec)?;
         let binary = resolve(&self.binary).ok_or_else(|| DriverError::Spawn {
             binary: self.binary.clone(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
