@@ -386,7 +386,7 @@ mod tests {
         std::fs::write(&flat, vec![0u8; 8192]).expect("write");
 
         check_drives(&[good.clone(), flat.clone()]).expect("a clean image and a flat one");
-        check_drives(&[good.clone()]).expect("again, from the cache");
+        check_drives(std::slice::from_ref(&good)).expect("again, from the cache");
         let e = check_drives(&[good, bad]).expect_err("set-id files");
         assert!(e.contains("bad.erofs") && e.contains("/usr/bin/su"), "{e}");
         let e = check_drives(&[tmp.path().join("missing.erofs")]).expect_err("missing");
