@@ -525,10 +525,18 @@ const WARM_TIMEOUT: Duration = Duration::from_secs(60);
 /// A VM for the pool: started, and warmed when it was restored (a booted
 /// VM warmed itself while booting). Under TCG a restored guest's VMM has
 /// translated nothing yet; without this its first job would pay for that,
-/// and a pool is there for latency.
-async fn start_warm(launcher: &Launcher, language: &str) -> Result<Vm, String> {
-    let mut vm = launcher.start(language).await.map_err(|e| e.to_string())?;
-    if vm.info().restored {
+/// and a pool is there for latency. Unless a job already waits for this
+/// very VM (it claimed the refill): its run warms the VMM as well, and
+/// warming first would make it wait for two runs, which under load made a
+/// full pool slower than none.
+async fn start_warm(inner: &Inner, language: &str) -> Result<Vm, String> {
+    let mut vm = inner
+        .launcher
+        .start(language)
+        .await
+        .map_err(|e| e.to_string())?;
+    let claimed = inner.lock().claimed.get(language).copied().unwrap_or(0) > 0;
+    if vm.info().restored && !claimed {
         match vm.warm(WARM_TIMEOUT).await {
             Ok(took) => {
                 tracing::debug!(vm = %vm.info().id, ms = took.as_millis() as u64, "pooled VM warmed")
@@ -583,7 +591,7 @@ async fn refill(inner: Arc<Inner>, language: String) {
         // Shutdown drops a start half-way: the VMM dies with its handle,
         // and the guards give back the count and the share.
         let started = tokio::select! {
-            r = start_warm(&inner.launcher, &language) => r,
+            r = start_warm(&inner, &language) => r,
             () = inner.shutdown.cancelled() => return,
         };
         match started {

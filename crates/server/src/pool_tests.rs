@@ -350,6 +350,40 @@ async fn failed_starts_make_refill_back_off() {
 }
 
 #[tokio::test]
+async fn a_refill_a_job_waits_for_is_not_warmed_first() {
+    // Warmed, the pool's VM would cost the waiting job two runs: the job's
+    // own run warms it anyway.
+    let t = setup(config(1, 2, 4096), true);
+    t.pools.start_refill();
+    t.settle("a warm VM", |s| s.sizes("python") == (1, 0)).await;
+    let first = t.pools.acquire("python").await.expect("the pooled VM");
+    assert!(first.warm);
+    // The refill's restore is held; a second job claims it and waits.
+    t.driver.hold_boots();
+    until("a refill under way", || t.pools.sizes("python") == (0, 1)).await;
+    let before = t.driver.calls();
+    let second = t.pools.acquire("python");
+    tokio::pin!(second);
+    tokio::select! {
+        biased;
+        r = &mut second => panic!("acquired while boots are held: {r:?}"),
+        () = until("the job to claim the refill", || {
+            t.pools.inner.lock().claimed.get("python").copied() == Some(1)
+        }) => {}
+    }
+    t.driver.release_boots();
+    let mut second = second.await.expect("the refilled VM");
+    assert!(second.warm, "it came from the pool");
+    // The held restore was the last call; no warm-up followed it.
+    assert_eq!(before.last(), Some(&Call::Restore), "{before:?}");
+    assert_eq!(t.driver.calls(), before, "warmed before the job ran");
+    run_on(&mut second, "cold but first\n").await;
+    drop((first, second));
+    t.pools.shutdown().await;
+    assert_eq!(t.driver.live(), 0);
+}
+
+#[tokio::test]
 async fn an_acquire_cancelled_while_its_vm_starts_gives_everything_back() {
     let t = setup(config(0, 1, 4096), false);
     t.driver.hold_boots();
