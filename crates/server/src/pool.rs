@@ -525,10 +525,10 @@ const WARM_TIMEOUT: Duration = Duration::from_secs(60);
 /// A VM for the pool: started, and warmed when it was restored (a booted
 /// VM warmed itself while booting). Under TCG a restored guest's VMM has
 /// translated nothing yet; without this its first job would pay for that,
-/// and a pool is there for latency. Unless a job already waits for this
-/// very VM (it claimed the refill): its run warms the VMM as well, and
-/// warming first would make it wait for two runs, which under load made a
-/// full pool slower than none.
+/// and a pool is there for latency. Unless jobs already wait for this
+/// language's refills (they claimed them): a job's run warms the VMM as
+/// well, and warming first would make it wait for two runs, which under
+/// load made a full pool slower than none.
 async fn start_warm(inner: &Inner, language: &str) -> Result<Vm, String> {
     let mut vm = inner
         .launcher
