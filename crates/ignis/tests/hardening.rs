@@ -121,14 +121,7 @@ async fn no_vm_starts_from_an_image_with_a_setid_file() {
     };
     assert!(why.contains("/bin/su") && why.contains("set-id"), "{why}");
     assert!(why.contains("fake-base.erofs"), "{why}");
-    assert_eq!(
-        entries(fake.runtime_dir()),
-        Vec::<std::path::PathBuf>::new()
-    );
-    assert!(
-        !process_mentions(&fake.cfg.image.base.path),
-        "a monitor was started"
-    );
+    fake.assert_nothing_left();
 }
 
 #[tokio::test]

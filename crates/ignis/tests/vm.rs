@@ -455,14 +455,7 @@ async fn silent_agent_times_out_and_is_torn_down() {
     assert!(log.starts_with(&fake.cfg.log_dir), "{}", log.display());
     let text = std::fs::read_to_string(log).expect("console log");
     assert!(text.contains("fake agent: staying silent"), "{text}");
-    assert_eq!(
-        entries(fake.runtime_dir()),
-        Vec::<std::path::PathBuf>::new()
-    );
-    assert!(
-        !process_mentions(&fake.cfg.image.base.path),
-        "monitor still alive"
-    );
+    fake.assert_nothing_left();
 }
 
 fn hang_request() -> ignis_protocol::RunRequest {
@@ -500,14 +493,7 @@ async fn ready_then_hung_agent_times_out_the_run() {
         .expect("a failed VM keeps its console log");
     let text = std::fs::read_to_string(&log).expect("console log");
     assert!(text.contains("fake agent: ready on /dev/vport"), "{text}");
-    assert_eq!(
-        entries(fake.runtime_dir()),
-        Vec::<std::path::PathBuf>::new()
-    );
-    assert!(
-        !process_mentions(&fake.cfg.image.base.path),
-        "monitor still alive"
-    );
+    fake.assert_nothing_left();
 }
 
 #[tokio::test]
@@ -526,12 +512,5 @@ async fn ready_then_hung_agent_is_an_internal_error_report() {
     );
     assert_eq!(r.vm.as_ref().map(|v| v.id.as_str()), Some(id.as_str()));
     assert_eq!((r.exit_code, &*r.stdout_text()), (None, ""));
-    assert_eq!(
-        entries(fake.runtime_dir()),
-        Vec::<std::path::PathBuf>::new()
-    );
-    assert!(
-        !process_mentions(&fake.cfg.image.base.path),
-        "monitor still alive"
-    );
+    fake.assert_nothing_left();
 }

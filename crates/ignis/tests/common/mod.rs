@@ -153,6 +153,16 @@ impl FakeImage {
     pub async fn boot(&self) -> Result<Vm, BootError> {
         Vm::start(&self.driver, &self.cfg, Origin::Boot).await
     }
+
+    /// Fails the test if a VM of this image left its directory or a
+    /// running monitor behind.
+    pub fn assert_nothing_left(&self) {
+        assert_eq!(entries(self.runtime_dir()), Vec::<PathBuf>::new());
+        assert!(
+            !process_mentions(&self.cfg.image.base.path),
+            "a monitor of the image is still alive"
+        );
+    }
 }
 
 pub const FAKE_LANGUAGE: &str = "fake";

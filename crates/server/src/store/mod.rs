@@ -68,6 +68,17 @@ pub(crate) fn result_parts(r: &RunReport) -> StoreResult<(String, Vec<u8>, Vec<u
     Ok((json, stdout, stderr))
 }
 
+/// [`result_parts`] of a job's result, all `None` while it has none: the
+/// columns a new row is written with.
+pub(crate) type OptionalParts = (Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+pub(crate) fn job_result_parts(job: &Job) -> StoreResult<OptionalParts> {
+    Ok(match job.result.as_ref().map(result_parts).transpose()? {
+        Some((r, out, err)) => (Some(r), Some(out), Some(err)),
+        None => (None, None, None),
+    })
+}
+
 /// The result read back with the outputs of its columns. A column that is
 /// NULL leaves what the JSON held: a listing that did not read them, or a
 /// row written before the outputs had columns of their own.

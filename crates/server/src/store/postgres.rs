@@ -18,8 +18,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use super::{
-    result_parts, Admission, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError,
-    StoreResult, Waiting,
+    job_result_parts, result_parts, Admission, ApiKey, Claimed, JobStore, ListQuery,
+    PendingWebhook, StoreError, StoreResult, Waiting,
 };
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
@@ -287,10 +287,7 @@ async fn locked<T>(
 /// Inserts `job` as a new row on `c` (a connection or a transaction).
 async fn insert_job(c: &impl GenericClient, job: &Job) -> StoreResult<()> {
     let request = json("request", &job.request)?;
-    let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
-        Some((r, out, err)) => (Some(r), Some(out), Some(err)),
-        None => (None, None, None),
-    };
+    let (result, stdout, stderr) = job_result_parts(job)?;
     let timings = job
         .timings
         .as_ref()

@@ -20,8 +20,8 @@ use rusqlite::{
 };
 
 use super::{
-    result_parts, Admission, ApiKey, Claimed, JobStore, ListQuery, PendingWebhook, StoreError,
-    StoreResult, Waiting,
+    job_result_parts, result_parts, Admission, ApiKey, Claimed, JobStore, ListQuery,
+    PendingWebhook, StoreError, StoreResult, Waiting,
 };
 use crate::job::{ClaimDecision, Job, JobId, JobStatus, Timings, Transition, EXHAUSTED_MESSAGE};
 
@@ -273,10 +273,7 @@ fn cas(
 /// Inserts `job` as a new row.
 fn insert_job(conn: &Connection, job: &Job) -> StoreResult<()> {
     let request = to_json("request", &job.request)?;
-    let (result, stdout, stderr) = match job.result.as_ref().map(result_parts).transpose()? {
-        Some((r, out, err)) => (Some(r), Some(out), Some(err)),
-        None => (None, None, None),
-    };
+    let (result, stdout, stderr) = job_result_parts(job)?;
     let timings = job
         .timings
         .as_ref()
