@@ -14,7 +14,8 @@
 //! share to the guest's size), else starts one on demand while the budget
 //! allows, else evicts an idle VM, else waits. Pools refill in the
 //! background, but never while a job is waiting for budget: jobs come
-//! first. A VM never serves two jobs.
+//! first. For the same reason a restored refill is warmed only while no job
+//! runs (see `pool_refill.rs`). A VM never serves two jobs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,9 @@ struct Inner {
     state: Mutex<State>,
     /// Budget freed, a VM became ready, or a pool needs refilling.
     changed: Notify,
+    /// A job claimed a refill under way. Apart from `changed`, which the
+    /// claiming jobs themselves wait on: only refills listen to this.
+    claims: Notify,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
@@ -74,6 +78,8 @@ struct State {
     used_mib: u64,
     /// Jobs waiting for budget; while any wait, pools do not refill.
     waiters: usize,
+    /// Refills restored and holding back their warm-up until no job runs.
+    warm_held: usize,
 }
 
 /// A share of the host budget: one VM slot and its memory. It is given back
@@ -228,6 +234,7 @@ impl Pools {
                 cfg,
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
+                claims: Notify::new(),
                 metrics,
                 shutdown: CancellationToken::new(),
             }),
@@ -319,6 +326,7 @@ impl Pools {
                 } else if refilling > claimed {
                     *s.claimed.entry(language.to_owned()).or_default() += 1;
                     line.claim = true;
+                    inner.claims.notify_waiters();
                     Next::Wait
                 } else if s.fits(&inner.cfg, mib) {
                     s.reserve(mib);
@@ -421,6 +429,14 @@ impl State {
         )
     }
 
+    /// VMs running jobs or starting for one: every VM in the budget but
+    /// the pools' ready and refilling ones.
+    fn jobs(&self) -> usize {
+        let ready: usize = self.ready.values().map(VecDeque::len).sum();
+        let refilling: usize = self.refilling.values().sum();
+        self.used_vms.saturating_sub(ready + refilling)
+    }
+
     fn fits(&self, cfg: &PoolConfig, mib: u64) -> bool {
         self.used_vms < cfg.max_vms && self.used_mib + mib <= cfg.max_memory_mib
     }
@@ -519,107 +535,9 @@ impl Inner {
     }
 }
 
-/// How long a pooled VM's warm-up may take.
-const WARM_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A VM for the pool: started, and warmed when it was restored (a booted
-/// VM warmed itself while booting). Under TCG a restored guest's VMM has
-/// translated nothing yet; without this its first job would pay for that,
-/// and a pool is there for latency. Unless jobs already wait for this
-/// language's refills (they claimed them): a job's run warms the VMM as
-/// well, and warming first would make it wait for two runs, which under
-/// load made a full pool slower than none.
-async fn start_warm(inner: &Inner, language: &str) -> Result<Vm, String> {
-    let mut vm = inner
-        .launcher
-        .start(language)
-        .await
-        .map_err(|e| e.to_string())?;
-    let claimed = inner.lock().claimed.get(language).copied().unwrap_or(0) > 0;
-    if vm.info().restored && !claimed {
-        match vm.warm(WARM_TIMEOUT).await {
-            Ok(took) => {
-                tracing::debug!(vm = %vm.info().id, ms = took.as_millis() as u64, "pooled VM warmed")
-            }
-            Err(e) => {
-                let log = vm.destroy().await;
-                let log = log.map(|p| format!(" (console log in {})", p.display()));
-                return Err(format!(
-                    "warming a restored VM failed: {e}{}",
-                    log.unwrap_or_default()
-                ));
-            }
-        }
-    }
-    Ok(vm)
-}
-
-/// Keeps `warm` ready VMs of one language, backing off after failed boots.
-async fn refill(inner: Arc<Inner>, language: String) {
-    let Ok(mib) = inner.vm_mib(&language) else {
-        return;
-    };
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let notified = inner.changed.notified();
-        let started = {
-            let mut s = inner.lock();
-            let (ready, booting) = s.sizes(&language);
-            let have = ready + booting;
-            let go = have < inner.cfg.warm
-                && s.waiters == 0
-                && s.fits(&inner.cfg, mib)
-                && !inner.shutdown.is_cancelled();
-            go.then(|| {
-                s.reserve(mib);
-                let booting = Booting::start(&inner, &mut s, &language, true);
-                (booting, mib)
-            })
-        };
-        // The share is made outside the lock: its drop takes the lock.
-        let Some((booting, mib)) = started else {
-            tokio::select! {
-                () = notified => continue,
-                () = inner.shutdown.cancelled() => return,
-            }
-        };
-        let mut share = Share {
-            inner: inner.clone(),
-            mib,
-        };
-        inner.report(&language);
-        // Shutdown drops a start half-way: the VMM dies with its handle,
-        // and the guards give back the count and the share.
-        let started = tokio::select! {
-            r = start_warm(&inner, &language) => r,
-            () = inner.shutdown.cancelled() => return,
-        };
-        match started {
-            Ok(vm) => {
-                backoff = Duration::from_millis(500);
-                inner.observe_ready(&language, &vm);
-                inner.charge_idle(&mut share, &vm);
-                if inner.shutdown.is_cancelled() {
-                    drop(booting);
-                    inner.discard(Pooled { vm, share }).await;
-                    return;
-                }
-                booting.finish(Some(Pooled { vm, share }));
-            }
-            Err(e) => {
-                tracing::warn!(language, "pool boot failed: {e}");
-                inner.metrics.vm_failure(&language, "boot");
-                drop(booting);
-                drop(share);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = inner.shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
-}
+#[path = "pool_refill.rs"]
+mod refill;
+use refill::refill;
 
 #[cfg(test)]
 #[path = "pool_tests.rs"]

@@ -384,6 +384,35 @@ async fn a_refill_a_job_waits_for_is_not_warmed_first() {
 }
 
 #[tokio::test]
+async fn a_refill_waits_to_warm_until_no_job_runs() {
+    // A warm-up beside a running job only slows the job: the refill's VM
+    // is restored at once, and warmed when the job is over.
+    let t = setup(config(1, 2, 4096), true);
+    t.pools.start_refill();
+    t.settle("a warm VM", |s| s.sizes("python") == (1, 0)).await;
+    let mut job = t.pools.acquire("python").await.expect("the pooled VM");
+    until("the refill holding its warm-up", || {
+        t.pools.inner.lock().warm_held == 1
+    })
+    .await;
+    let calls = t.driver.calls();
+    assert_eq!(calls.last(), Some(&Call::Restore), "{calls:?}");
+    assert_eq!(t.pools.sizes("python"), (0, 1), "not in the pool yet");
+
+    run_on(&mut job, "running\n").await;
+    drop(job);
+    t.settle("the refill warmed and pooled", |s| {
+        s.sizes("python") == (1, 0) && s.warm_held == 0
+    })
+    .await;
+    let after = t.driver.calls();
+    assert_eq!(after[calls.len()..], [Call::Stop, Call::Warm], "{after:?}");
+    assert_eq!(t.vm_starts(), 2);
+    t.pools.shutdown().await;
+    assert_eq!(t.driver.live(), 0);
+}
+
+#[tokio::test]
 async fn an_acquire_cancelled_while_its_vm_starts_gives_everything_back() {
     let t = setup(config(0, 1, 4096), false);
     t.driver.hold_boots();
