@@ -185,7 +185,7 @@ mod tests {
             cpu: if accel == Accel::Kvm {
                 "host"
             } else {
-                "qemu64"
+                super::super::TCG_CPU
             },
             mode,
             agent_socket: Path::new("/run/ignis/vm-1/agent.sock"),
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn tcg_gets_tsc_hints_and_no_nic() {
         let l = line(Accel::Tcg, Mode::Boot(GuestMemory::Anonymous), None);
-        assert!(l.contains("-accel tcg,tb-size=256 -cpu qemu64"));
+        assert!(l.contains("-accel tcg,tb-size=256 -cpu qemu64,+arat "));
         assert!(l.contains("tsc_early_khz=2596124 tsc=reliable"));
         assert!(l.contains("ignis.vm=0123456789ab"));
         assert!(l.contains("readonly=on"));
