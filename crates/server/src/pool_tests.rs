@@ -349,15 +349,22 @@ async fn failed_starts_make_refill_back_off() {
     assert_eq!(t.driver.live(), 0);
 }
 
+/// A pool of one restored VM, with room for its refill beside it, and a
+/// job that took the pooled VM: the refill starts as this returns.
+async fn pooled_vm_taken() -> (Setup, Lease) {
+    let t = setup(config(1, 2, 4096), true);
+    t.pools.start_refill();
+    t.settle("a warm VM", |s| s.sizes("python") == (1, 0)).await;
+    let lease = t.pools.acquire("python").await.expect("the pooled VM");
+    assert!(lease.warm, "it came from the pool");
+    (t, lease)
+}
+
 #[tokio::test]
 async fn a_refill_a_job_waits_for_is_not_warmed_first() {
     // Warmed, the pool's VM would cost the waiting job two runs: the job's
     // own run warms it anyway.
-    let t = setup(config(1, 2, 4096), true);
-    t.pools.start_refill();
-    t.settle("a warm VM", |s| s.sizes("python") == (1, 0)).await;
-    let first = t.pools.acquire("python").await.expect("the pooled VM");
-    assert!(first.warm);
+    let (t, first) = pooled_vm_taken().await;
     // The refill's restore is held; a second job claims it and waits.
     t.driver.hold_boots();
     until("a refill under way", || t.pools.sizes("python") == (0, 1)).await;
@@ -387,10 +394,7 @@ async fn a_refill_a_job_waits_for_is_not_warmed_first() {
 async fn a_refill_waits_to_warm_until_no_job_runs() {
     // A warm-up beside a running job only slows the job: the refill's VM
     // is restored at once, and warmed when the job is over.
-    let t = setup(config(1, 2, 4096), true);
-    t.pools.start_refill();
-    t.settle("a warm VM", |s| s.sizes("python") == (1, 0)).await;
-    let mut job = t.pools.acquire("python").await.expect("the pooled VM");
+    let (t, mut job) = pooled_vm_taken().await;
     until("the refill holding its warm-up", || {
         t.pools.inner.lock().warm_held == 1
     })
